@@ -230,7 +230,7 @@ class _Collector:
         return self.jobs.setdefault(self.current, _JobBuilder(None))
 
     def drop(self, source: str, line: int, reason: str, text: str) -> None:
-        self.dropped.append(Dropped(source, line, reason, _excerpt(text)))
+        self.dropped.append(Dropped(source, line, reason, _excerpt(text), self.current))
 
     def header(self, obj: Mapping[str, Any], source: str, line: int) -> None:
         try:

@@ -104,6 +104,7 @@ class Dropped:
     line: int
     reason: str
     excerpt: str
+    job_key: str | None = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,225 @@
+"""The `moecomm` command line.
+
+Exit codes: 0 success; 1 `load` kept part of its input and dropped the rest (printed with the
+reasons); 2 `load` found nothing loadable and wrote nothing; 3 any other error (the message says
+what to do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Sequence
+
+from rich import box
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from moecomm_tasks import query
+from moecomm_tasks.errors import MoecommError
+
+EXIT_OK, EXIT_PARTIAL, EXIT_NOTHING, EXIT_ERROR = 0, 1, 2, 3
+
+console = Console(width=None if sys.stdout.isatty() else 200)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+def _engine():
+    from moecomm_tasks import db, migrate
+
+    engine = db.make_engine()
+    if not migrate.is_current(engine):
+        applied = migrate.upgrade(engine)
+        err_console.print(f"applied {len(applied)} migration(s)")
+    return engine
+
+
+def _fmt(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    if isinstance(value, datetime):
+        return value.isoformat(timespec="seconds")
+    return str(value)
+
+
+def _table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("run_id", "backend", "profile", "op") else "right")
+    for row in rows:
+        table.add_row(*(_fmt(v) for v in row))
+    console.print(table)
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise MoecommError(f"--run-at {text!r} is not an ISO-8601 time (e.g. 2026-11-24T02:00:00+00:00)") from exc
+    if value.tzinfo is None:
+        raise MoecommError(f"--run-at {text!r} has no time zone: add one (e.g. +00:00)")
+    return value
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from moecomm_tasks import db, migrate
+    from moecomm_tasks.embedded import EmbeddedPostgres
+
+    if args.action == "upgrade":
+        applied = migrate.upgrade(db.make_engine())
+        console.print(f"{len(applied)} migration(s) applied" + "".join(
+            f"\n  {m.version:04d}_{m.name}" for m in applied))
+    elif args.action == "stop":
+        stopped = EmbeddedPostgres.default().stop()
+        console.print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
+    elif args.action == "status":
+        server = EmbeddedPostgres.default()
+        port = server.running_port()
+        console.print(f"embedded PostgreSQL in {server.root}: "
+                      + (f"running on 127.0.0.1:{port}" if port else "not running"))
+    return EXIT_OK
+
+
+def load_paths(paths: Sequence[Path], run_id: str, run_at: datetime | None, progress: bool) -> int:
+    """Parse and load `paths` under `run_id`; print what happened; return the exit code."""
+    from moecomm_tasks import parse, store
+
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise MoecommError(f"no such file: {', '.join(missing)}")
+    files = track(paths, description="reading", console=err_console) if progress else paths
+    inputs = [(str(p), p.read_text(encoding="utf-8", errors="replace")) for p in files]
+    parsed = parse.parse_texts(inputs)
+    for dropped in parsed.dropped:
+        err_console.print(f"dropped: {dropped.source}:{dropped.line}: {dropped.reason}", markup=False)
+    for failure in parsed.failures:
+        last = failure.traceback.strip().splitlines()[-1] if failure.traceback.strip() else ""
+        err_console.print(f"worker failure: {failure.source}: rank {failure.rank}: {last}", markup=False)
+    if not parsed.loadable:
+        err_console.print("nothing loadable found: no result object or skip line with a run header; "
+                          "nothing was written")
+        return EXIT_NOTHING
+    result = store.load(_engine(), parsed, run_id, run_at)
+    for job in result.jobs:
+        console.print(f"{job.status}: run {run_id} job {job.job_key}: {job.measurements} measurements, "
+                      f"{job.kernels} kernel timings, {job.skips} skips ({job.state})", markup=False)
+    return EXIT_PARTIAL if parsed.dropped or parsed.failures else EXIT_OK
+
+
+def cmd_load(args: argparse.Namespace) -> int:
+    run_at = _parse_time(args.run_at) if args.run_at else None
+    return load_paths(args.paths, args.run_id, run_at, progress=err_console.is_terminal and len(args.paths) > 1)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    rows = query.runs(_engine(), args.limit)
+    _table(None, ["run_id", "run_at", "jobs", "succeeded", "partial", "failed", "measurements"], rows)
+    return EXIT_OK
+
+
+def _series(args: argparse.Namespace) -> query.SeriesFilter:
+    return query.SeriesFilter(
+        backend=args.backend, profile=args.profile, ep_size=args.ep_size, local_batch_size=args.size,
+        op=args.op, quant_algo=args.quant, gpu_model=args.gpu,
+    )
+
+
+def cmd_trend(args: argparse.Namespace) -> int:
+    rows = query.trend(_engine(), _series(args))
+    if not rows:
+        raise MoecommError("no series matches (see: moecomm runs, and the views in the README)")
+    _table(None, ["run_id", "run_at", "excluded", "ranks", "median µs", "slowest µs", "slowest rank",
+                  "within-night stdev µs"], rows)
+    return EXIT_OK
+
+
+def print_trend_table(engine, series: query.SeriesFilter, last: int) -> None:
+    run_ids, rows = query.trend_table(engine, series, last)
+    _table("median µs across ranks, per run", ["backend", "profile", "ep", "size", "op", *run_ids], rows)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    print_trend_table(_engine(), _series(args), args.last)
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    rows = query.compare(_engine(), args.run_a, args.run_b)
+    _table(f"A = {args.run_a}, B = {args.run_b}; speedup = A / B (above 1: B is faster)",
+           ["backend", "profile", "ep", "size", "op", "A µs", "B µs", "speedup"], rows)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from moecomm_tasks import demo
+
+    return demo.run(args)
+
+
+def _add_series_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend")
+    parser.add_argument("--profile")
+    parser.add_argument("--ep-size", type=int)
+    parser.add_argument("--size", type=int, help="local_batch_size (tokens per rank)")
+    parser.add_argument("--op", choices=["dispatch", "combine"])
+    parser.add_argument("--quant", help="quantization algorithm, e.g. FP8_BLOCK_SCALES")
+    parser.add_argument("--gpu", help="GPU model")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moecomm", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("db", help="the database: upgrade (apply migrations), stop or status of the embedded server")
+    p.add_argument("action", choices=["upgrade", "stop", "status"])
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("load", help="load benchmark outputs (stdout, stderr, --output_file) under a run id")
+    p.add_argument("paths", nargs="+", type=Path)
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--run-at", help="ISO-8601 time with a zone (default: now)")
+    p.set_defaults(func=cmd_load)
+
+    p = sub.add_parser("runs", help="list runs, newest first")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("trend", help="one series' history")
+    _add_series_options(p)
+    p.set_defaults(func=cmd_trend)
+
+    p = sub.add_parser("table", help="every matching series against the last runs")
+    _add_series_options(p)
+    p.add_argument("--last", type=int, default=10)
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("compare", help="A/B table of two runs")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("demo", help="the main job on this machine (see README)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except MoecommError as exc:
+        err_console.print(f"moecomm: error: {exc}", markup=False)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Shared fixtures: a real PostgreSQL server for the integration tests.
+
+`MOECOMM_TEST_DATABASE_URL` names a server the tests may create and drop databases on (e.g.
+`postgresql+psycopg2://postgres@127.0.0.1:5432/postgres`); without it the embedded PostgreSQL is
+started in a temporary home, so the tests need no server of their own. Each test gets a fresh,
+migrated database.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+from moecomm_tasks import db, migrate
+from moecomm_tasks.embedded import EmbeddedPostgres
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def server_url(tmp_path_factory: pytest.TempPathFactory):
+    """An admin URL of a running PostgreSQL server."""
+    configured = os.environ.get("MOECOMM_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("moecomm-home"))
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(server_url: str):
+    """A fresh, migrated database on the test server; dropped afterwards."""
+    name = f"moecomm_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    engine = db.make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str):
+    engine = db.make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return DATA

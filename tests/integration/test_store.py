@@ -1,0 +1,137 @@
+"""Loading into a real PostgreSQL: views, idempotency, atomicity, refusals, concurrency."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import datetime, timezone
+
+import pytest
+import sqlalchemy as sa
+
+from moecomm_tasks import store
+from moecomm_tasks.errors import LoadError
+from moecomm_tasks.parse import parse_paths
+from moecomm_tasks.records import Stats
+
+pytestmark = pytest.mark.integration
+
+NIGHT = datetime(2026, 11, 20, 2, 0, tzinfo=timezone.utc)
+TABLES = ("run", "job", "measurement", "kernel_timing", "skip", "failure", "provenance")
+
+
+def counts(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar() for t in TABLES}
+
+
+def snapshot(engine) -> dict[str, list]:
+    """Every row with its xmin: a row that was rewritten (even to equal values) shows a new xmin."""
+    with engine.connect() as conn:
+        return {t: sorted(map(tuple, conn.execute(sa.text(f"SELECT xmin::text, * FROM {t}")).all()), key=str)
+                for t in TABLES}
+
+
+def test_load_fills_the_public_views(engine, data_dir):
+    parsed = parse_paths([data_dir / "seed_stdout_iter_stats_kernels.txt"])
+    result = store.load(engine, parsed, "nightly-1", NIGHT, provenance={"gpu_model": "NVIDIA H100", "hosts": ["n1"]})
+    assert [j.status for j in result.jobs] == ["loaded"]
+    with engine.connect() as conn:
+        flat = conn.execute(sa.text(
+            "SELECT run_id, run_at, backend, profile, ep_size, local_batch_size, op, rank, mean_us, "
+            "median_us, stdev_us, min_us, max_us, gpu_model FROM measurement_flat ORDER BY op, rank")).all()
+        assert len(flat) == 4
+        assert tuple(flat[2]) == ("nightly-1", NIGHT, "NVLINK_ONE_SIDED", "gpt_oss", 2, 1024, "dispatch", 0,
+                                  88.5, 87.0, 3.1, 84.2, 110.9, "NVIDIA H100")
+        kernels = conn.execute(sa.text(
+            "SELECT phase, count(*) FROM kernel_flat WHERE run_id = 'nightly-1' GROUP BY phase ORDER BY phase")).all()
+        assert [tuple(k) for k in kernels] == [("combine", 2), ("dispatch", 2), ("other", 2)]
+        series = conn.execute(sa.text(
+            "SELECT n_ranks, median_us, slowest_rank_us, slowest_rank, within_night_stdev_us "
+            "FROM nightly_series WHERE op = 'dispatch'")).one()
+        assert series.n_ranks == 2 and series.median_us == pytest.approx((88.5 + 90.25) / 2)
+        assert series.slowest_rank_us == 90.25 and series.slowest_rank == 1
+        assert series.within_night_stdev_us == pytest.approx(2.9)
+
+
+def test_reload_under_the_same_run_id_changes_no_row(engine, data_dir):
+    paths = [data_dir / "seed_stdout_2ranks.txt", data_dir / "seed_output_2ranks.json"]
+    store.load(engine, parse_paths(paths), "nightly-1", NIGHT)
+    before = snapshot(engine)
+    assert len(before["measurement"]) == 12 and len(before["skip"]) == 5
+    again = store.load(engine, parse_paths(paths), "nightly-1", NIGHT)
+    assert [j.status for j in again.jobs] == ["unchanged"]
+    store.load(engine, parse_paths(paths[:1]), "nightly-1", NIGHT)
+    assert snapshot(engine) == before
+
+
+def test_a_remeasurement_replaces_the_job_whole(engine, data_dir):
+    parsed = parse_paths([data_dir / "seed_stdout_2ranks.txt"])
+    store.load(engine, parsed, "nightly-1", NIGHT)
+    job = parsed.jobs[0]
+    slower = replace(job, timings=tuple(replace(t, stats=Stats(t.stats.mean_us * 2)) for t in job.timings[:4]))
+    result = store.load(engine, replace(parsed, jobs=(slower,)), "nightly-1", NIGHT)
+    assert [j.status for j in result.jobs] == ["replaced"]
+    assert counts(engine)["measurement"] == 4 and counts(engine)["job"] == 1
+
+
+def test_truncated_output_loads_the_complete_objects_and_records_the_drop(engine, data_dir):
+    parsed = parse_paths([data_dir / "truncated_stdout.txt"])
+    result = store.load(engine, parsed, "nightly-1", NIGHT)
+    assert result.jobs[0].state == "partial"
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM measurement")).scalar() == 8
+        reason = conn.execute(sa.text("SELECT kind, reason FROM failure")).one()
+        assert tuple(reason) == ("dropped", "truncated JSON object (it never closes)")
+
+
+def test_database_refuses_negative_and_nan_times(engine, data_dir):
+    store.load(engine, parse_paths([data_dir / "seed_stdout_2ranks.txt"]), "nightly-1", NIGHT)
+    for bad in ("-1.0", "'NaN'", "'Infinity'"):
+        with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="measurement_times_finite_nonnegative"):
+            conn.execute(sa.text(
+                "INSERT INTO measurement (job_pk, backend, local_batch_size, op, rank, mean_us) "
+                f"SELECT job_pk, 'X', 1, 'dispatch', 0, {bad} FROM job"))
+
+
+def test_database_refuses_a_duplicate_measurement(engine, data_dir):
+    store.load(engine, parse_paths([data_dir / "seed_stdout_2ranks.txt"]), "nightly-1", NIGHT)
+    with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="measurement_pkey"):
+        conn.execute(sa.text(
+            "INSERT INTO measurement (job_pk, backend, local_batch_size, op, rank, mean_us) "
+            "SELECT job_pk, backend, local_batch_size, op, rank, mean_us FROM measurement LIMIT 1"))
+
+
+def test_a_failure_mid_load_leaves_nothing_of_that_input(engine, data_dir):
+    """A NaN slipped past the parser: the database refuses it and the whole job is rolled back."""
+    parsed = parse_paths([data_dir / "seed_stdout_2ranks.txt"])
+    job = parsed.jobs[0]
+    poisoned = replace(job, timings=job.timings[:-1] + (replace(job.timings[-1], stats=Stats(math.nan)),))
+    with pytest.raises(LoadError, match="nothing of it was written"):
+        store.load(engine, replace(parsed, jobs=(poisoned,)), "nightly-1", NIGHT)
+    assert counts(engine) == {t: 0 for t in TABLES}
+
+
+def test_run_time_needs_a_zone(engine, data_dir):
+    with pytest.raises(LoadError, match="no time zone"):
+        store.load(engine, parse_paths([data_dir / "seed_stdout_2ranks.txt"]), "r", datetime(2026, 1, 1))
+
+
+def test_two_loads_of_different_runs_at_once(database_url, engine, data_dir):
+    env = dict(os.environ, MOECOMM_DATABASE_URL=database_url)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "moecomm_tasks.cli", "load", str(data_dir / name), "--run-id", run_id],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for run_id, name in [("run-a", "seed_stdout_2ranks.txt"), ("run-b", "seed_stdout_iter_stats_kernels.txt"),
+                             ("run-c", "newer_output_report.json")]
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    with engine.connect() as conn:
+        per_run = dict(conn.execute(sa.text(
+            "SELECT run_id, count(*) FROM measurement_flat GROUP BY run_id")).all())
+    assert per_run == {"run-a": 12, "run-b": 4, "run-c": 16}
