@@ -1,0 +1,5 @@
+import sys
+
+from moecomm_tasks.bench.main import main
+
+sys.exit(main())
