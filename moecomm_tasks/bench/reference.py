@@ -6,8 +6,8 @@ contiguously: rank r owns experts [r * E/EP, (r + 1) * E/EP).
 
 * `TORCH_ALLTOALL`: dispatch permutes the (token, k) pairs by destination rank and sends each
   token's payload, expert id and router weight to the rank of each of its top-k experts in an
-  all-to-all with uneven splits; combine weights each expert output by its router weight, sends
-  it back in the reverse all-to-all and sums the K contributions of each token.
+  all-to-all with uneven splits; combine sends the expert outputs back in the reverse all-to-all
+  and sums the K outputs of each token with its router weights (one batched matrix product).
 * `TORCH_ALLGATHER`: dispatch all-gathers the tokens and their routing; combine weights each
   gathered token by the router weights of the experts this rank owns and reduce-scatters.
 
@@ -75,18 +75,20 @@ class TorchAllToAll(ReferenceBackend):
         self.hidden = routing.hidden
         self.src_token = order // top_k
         self.restore = torch.argsort(order)
-        # Expert id and router weight travel together as two int32 words per (token, k).
+        # Expert id and router weight travel together as two int32 words (one int64) per (token, k).
         self.meta = torch.stack(
             [routing.topk_ids.flatten().to(torch.int32), routing.topk_weights.flatten().view(torch.int32)], dim=1
-        )
+        ).view(torch.int64).flatten()
         self.order = order
         self.tokens, self.top_k = tokens, top_k
         self.send_payload = torch.empty(tokens * top_k, hidden, dtype=routing.hidden.dtype, device=device)
-        self.send_meta = torch.empty(tokens * top_k, 2, dtype=torch.int32, device=device)
+        self.send_meta = torch.empty(tokens * top_k, dtype=torch.int64, device=device)
         self.recv_payload = torch.empty(received, hidden, dtype=routing.hidden.dtype, device=device)
-        self.recv_meta = torch.empty(received, 2, dtype=torch.int32, device=device)
+        self.recv_meta = torch.empty(received, dtype=torch.int64, device=device)
         self.returned = torch.empty_like(self.send_payload)
-        self.weighted = torch.empty_like(self.recv_payload)
+        self.token_major = torch.empty_like(self.send_payload)
+        self.weights = routing.topk_weights.to(routing.hidden.dtype).unsqueeze(1)  # [T, 1, K]
+        self.out = torch.empty(tokens, 1, hidden, dtype=routing.hidden.dtype, device=device)
 
     def payload_bytes(self, routing: Routing) -> int:
         return routing.topk_ids.numel() * routing.hidden.shape[1] * routing.hidden.element_size()
@@ -99,14 +101,14 @@ class TorchAllToAll(ReferenceBackend):
         return self.recv_payload
 
     def local_ids(self) -> torch.Tensor:
-        return self.recv_meta[:, 0]
+        return self.recv_meta.view(torch.int32).view(-1, 2)[:, 0]
 
     def combine(self, expert_out: torch.Tensor) -> torch.Tensor:
-        weights = self.recv_meta[:, 1].view(torch.float32).unsqueeze(1)
-        torch.mul(expert_out, weights, out=self.weighted)
-        dist.all_to_all_single(self.returned, self.weighted, self.send_splits, self.recv_splits)
-        per_token = self.returned.index_select(0, self.restore).view(self.tokens, self.top_k, -1)
-        return self._extra_work(per_token.sum(dim=1))
+        dist.all_to_all_single(self.returned, expert_out, self.send_splits, self.recv_splits)
+        torch.index_select(self.returned, 0, self.restore, out=self.token_major)
+        per_token = self.token_major.view(self.tokens, self.top_k, -1)
+        torch.bmm(self.weights, per_token, out=self.out)
+        return self._extra_work(self.out.view(self.tokens, -1))
 
 
 class TorchAllGather(ReferenceBackend):
@@ -143,7 +145,7 @@ class TorchAllGather(ReferenceBackend):
 
     def combine(self, expert_out: torch.Tensor) -> torch.Tensor:
         mine = (self.all_ids.long() // self.experts_per_rank) == self.rank
-        local_weight = (self.all_weights * mine).sum(dim=1, keepdim=True)
+        local_weight = (self.all_weights * mine).sum(dim=1, keepdim=True).to(expert_out.dtype)
         torch.mul(expert_out, local_weight, out=self.partial)
         _reduce_scatter(self.out, self.partial)
         return self._extra_work(self.out)

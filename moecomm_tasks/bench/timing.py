@@ -2,17 +2,17 @@
 
 On GPUs each phase is bracketed by CUDA events recorded on the stream that does the work (the
 current stream, which waits for NCCL's), after warm-up, with L2 flushed (a buffer twice the L2
-size zeroed) before every dispatch; by default each phase is a captured CUDA graph, so that host
-launch overhead is not counted as communication time. On CPUs a monotonic clock brackets each
+size zeroed) before every dispatch; by default each phase is a captured CUDA graph, and a spin
+kernel before each phase keeps the GPU ahead of the host, so that host launch latency is not
+counted as communication time. On CPUs a monotonic clock brackets each
 phase (gloo collectives are synchronous). With `--kernel_breakdown` the same iterations run under
-torch.profiler: each kernel is attributed to the phase whose `record_function` range launched it
-(on the host, where NCCL's kernels are launched too), and the per-phase kernel totals are reported
-beside the event times.
+torch.profiler: the spin kernels (outside the event windows) separate the phases, each device
+activity is attributed to a phase by its place on the GPU timeline, and each phase's
+span (first activity's start to last activity's end) is reported beside the event times.
 """
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import statistics
 import time
@@ -57,52 +57,81 @@ def _profiler(device: torch.device) -> Any:
     return torch.profiler.profile(activities=activities, record_shapes=False, with_stack=False)
 
 
-def _phase_of(event: Any, intervals: list[tuple[float, float, int, str]], starts: list[float]) -> tuple[str, int] | None:
-    parent = event
-    while parent is not None:
-        if parent.name in PHASES and parent.device_type == torch.autograd.DeviceType.CPU:
-            return parent.name, parent.id
-        parent = parent.cpu_parent
-    index = bisect.bisect_right(starts, event.time_range.start) - 1
-    if index >= 0:
-        begin, end, ident, name = intervals[index]
-        if begin <= event.time_range.start <= end:
-            return name, ident
-    return None
+SEPARATOR_KERNEL = "spin_kernel"
+# About 200 µs of GPU time (at ~2 GHz), more than the host needs to enqueue one phase.
+SPIN_CYCLES = 400_000
+
+
+def _hold_gpu() -> None:
+    """Keep the GPU busy outside the timed windows while the host enqueues the next phase.
+
+    Without it the events would also time the host's launch latency whenever the GPU catches up
+    with the host. The spin kernel also marks the phase boundary on the GPU timeline.
+    """
+    torch.cuda._sleep(SPIN_CYCLES)
+
+
+def _attribute_device(raw_events: Any) -> tuple[dict, dict]:
+    """GPU: each device activity goes to the phase between the separators around it.
+
+    Every iteration is, in stream order, the L2 flush, a spin, the dispatch activities, a spin,
+    the combine activities; the spins lie outside both event windows. Attribution by position on the GPU timeline works alike for eager launches,
+    NCCL's own stream and graph replays (whose kernels the profiler does not link to the host
+    range that replayed them).
+    """
+    cpu = torch.autograd.DeviceType.CPU
+    activities = sorted(
+        (e.start_ns(), e.start_ns() + e.duration_ns(), e.name())
+        for e in raw_events if e.device_type() != cpu and e.name() not in PHASES
+    )
+    kernels: dict[str, dict[str, list[float]]] = {p: defaultdict(list) for p in (*PHASES, "other")}
+    spans: dict[str, list[float]] = {p: [] for p in PHASES}
+    phase, separators, segment = "other", 0, []
+
+    def close() -> None:
+        if phase in PHASES and segment:
+            spans[phase].append((max(e for _, e, _ in segment) - min(b for b, _, _ in segment)) / 1000.0)
+        for begin, end, name in segment:
+            kernels[phase][name].append((end - begin) / 1000.0)
+
+    for activity in activities:
+        if SEPARATOR_KERNEL not in activity[2]:
+            segment.append(activity)
+            continue
+        if separators % 2 == 0 and segment and phase == "combine":
+            kernels["other"][segment[-1][2]].append((segment[-1][1] - segment[-1][0]) / 1000.0)
+            segment.pop()  # the next iteration's L2 flush
+        close()
+        phase, segment = ("dispatch" if separators % 2 == 0 else "combine"), []
+        separators += 1
+    close()
+    return {p: dict(k) for p, k in kernels.items()}, spans
+
+
+def _attribute_host(events: Any) -> tuple[dict, dict]:
+    """CPU: the ops directly under a phase marker stand for kernels; a phase's time is their sum."""
+    cpu = torch.autograd.DeviceType.CPU
+    kernels: dict[str, dict[str, list[float]]] = {p: defaultdict(list) for p in (*PHASES, "other")}
+    totals: dict[int, float] = defaultdict(float)
+    markers = sorted((e.time_range.start, e.id, e.name) for e in events if e.name in PHASES and e.device_type == cpu)
+    for event in events:
+        parent = event.cpu_parent
+        if event.device_type == cpu and parent is not None and parent.name in PHASES:
+            kernels[parent.name][event.name].append(float(event.cpu_time_total))
+            totals[parent.id] += float(event.cpu_time_total)
+    per_iteration = {p: [totals.get(ident, 0.0) for _, ident, name in markers if name == p] for p in PHASES}
+    return {p: dict(k) for p, k in kernels.items()}, per_iteration
 
 
 def attribute_kernels(prof: Any, device: torch.device) -> tuple[dict, dict]:
-    """(phase -> kernel -> occurrence durations, phase -> per-iteration totals) from a profile."""
-    events = list(prof.events())
-    cpu = torch.autograd.DeviceType.CPU
-    markers = sorted(
-        (e.time_range.start, e.time_range.end, e.id, e.name)
-        for e in events if e.name in PHASES and e.device_type == cpu
-    )
-    starts = [m[0] for m in markers]
-    kernels: dict[str, dict[str, list[float]]] = {p: defaultdict(list) for p in (*PHASES, "other")}
-    totals: dict[str, dict[int, float]] = {p: {m[2]: 0.0 for m in markers if m[3] == p} for p in PHASES}
-    for event in events:
-        if event.device_type != cpu or event.name in PHASES:
-            continue
-        if device.type == "cuda":
-            launched = [(k.name, float(k.duration)) for k in event.kernels]
-        elif event.cpu_parent is not None and event.cpu_parent.name in PHASES:
-            launched = [(event.name, float(event.cpu_time_total))]
-        else:
-            launched = []
-        if not launched:
-            continue
-        where = _phase_of(event, markers, starts)
-        phase = where[0] if where else "other"
-        for name, duration in launched:
-            kernels[phase][name].append(duration)
-            if where:
-                totals[phase][where[1]] += duration
-    return (
-        {p: dict(k) for p, k in kernels.items()},
-        {p: [totals[p][m[2]] for m in markers if m[3] == p] for p in PHASES},
-    )
+    """(phase -> kernel -> occurrence durations in µs, phase -> per-iteration time in µs).
+
+    On GPUs a phase's time in one iteration is the span from its first device activity's start
+    to its last one's end; on CPUs, the sum of its ops.
+    """
+    if device.type == "cuda":
+        return _attribute_device(prof.profiler.kineto_results.events())
+    return _attribute_host(list(prof.events()))
 
 
 def _capture(dispatch: Callable[[], torch.Tensor], combine: Callable[[torch.Tensor], Any]):
@@ -150,22 +179,25 @@ def time_phases(
             except Exception as exc:  # capture is an optimisation: fall back to eager launches
                 notes.append(f"CUDA graph capture failed, timing eager launches: {type(exc).__name__}: {exc}")
                 torch.cuda.synchronize()
-        marks = [[torch.cuda.Event(enable_timing=True) for _ in range(3)] for _ in range(iters)]
+        marks = [[torch.cuda.Event(enable_timing=True) for _ in range(4)] for _ in range(iters)]
         profile = _profiler(device) if kernel_breakdown else contextlib.nullcontext()
         with profile as prof:
             torch.cuda.synchronize()
-            for start, middle, end in marks:
+            for dispatch_start, dispatch_end, combine_start, combine_end in marks:
                 flush.zero_()
+                _hold_gpu()
                 with torch.profiler.record_function("dispatch"):
-                    start.record()
+                    dispatch_start.record()
                     received = run_dispatch()
-                    middle.record()
+                    dispatch_end.record()
+                _hold_gpu()
                 with torch.profiler.record_function("combine"):
+                    combine_start.record()
                     run_combine(received)
-                    end.record()
+                    combine_end.record()
             torch.cuda.synchronize()
-        dispatch_us = [s.elapsed_time(m) * 1000.0 for s, m, _ in marks]
-        combine_us = [m.elapsed_time(e) * 1000.0 for _, m, e in marks]
+        dispatch_us = [a.elapsed_time(b) * 1000.0 for a, b, _, _ in marks]
+        combine_us = [c.elapsed_time(d) * 1000.0 for _, _, c, d in marks]
     else:
         method = "monotonic_clock"
         dispatch_us, combine_us = [], []
@@ -199,6 +231,7 @@ def time_copy(nbytes: int, device: torch.device, iters: int) -> list[float]:
     torch.cuda.synchronize()
     for start, end in marks:
         flush.zero_()
+        _hold_gpu()
         start.record()
         dst.copy_(src)
         end.record()
