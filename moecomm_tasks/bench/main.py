@@ -144,6 +144,7 @@ class Worker:
             for phase in ("dispatch", "combine", "other"):
                 output[f"{phase}_kernels"] = self.kernel_list(times.kernels.get(phase, {}))
             output["profiler_us"] = {phase: self.per_rank(times.profiler_us[phase]) for phase in ("dispatch", "combine")}
+            output["kernel_span_us"] = {phase: self.per_rank(times.kernel_span_us[phase]) for phase in ("dispatch", "combine")}
         if self.args.copy_baseline and self.ranks.device.type == "cuda":
             output["copy_us"] = self.per_rank(time_copy(output["payload_bytes"], self.ranks.device, self.args.iters))
         self.emit(output)

