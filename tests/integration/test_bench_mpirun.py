@@ -1,0 +1,114 @@
+"""The benchmark worker under real `mpirun` ranks (2 ranks, gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from moecomm_tasks.cli import main as cli_main
+from moecomm_tasks.mpi import mpirun_argv, mpirun_env
+from moecomm_tasks.parse import parse_texts
+
+pytestmark = pytest.mark.integration
+
+FAKES = Path(__file__).parent.parent / "fakes"
+SMALL = ["--hidden_size", "256", "-b", "16", "-e", "64", "-f", "2", "--iters", "8", "--warmup", "2"]
+TRTLLM = ("ALLGATHER", "NVLINK_ONE_SIDED", "NVLINK_TWO_SIDED", "DEEPEP", "DEEPEPLOWLATENCY", "NCCL_EP")
+
+
+def bench(ranks: int, *args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    argv = mpirun_argv(ranks, [sys.executable, "-m", "moecomm_tasks.bench", *args])
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=mpirun_env(env))
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "report.json"
+    result = bench(2, "--ep_size", "2", *SMALL, "--iter_stats", "--kernel_breakdown", "--output_file", str(out))
+    return result, out
+
+
+def test_two_ranks_print_the_contract(full_run):
+    result, report = full_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    parsed = parse_texts([("stdout", result.stdout)])
+    assert parsed.dropped == () and parsed.failures == ()
+    (job,) = parsed.jobs
+    header = job.header
+    assert (header.ep_size, header.hidden_size, header.local_batch_sizes, header.profile) == (2, 256, (16, 32, 64), "deepseek_v3")
+    assert header.extra["provenance"]["comm_backend"] == "gloo"
+    assert header.extra["provenance"]["timing_method"] == "monotonic_clock"
+    keys = {(t.backend, t.local_batch_size, t.op, t.rank) for t in job.timings}
+    assert keys == {(b, s, op, r) for b in ("TORCH_ALLTOALL", "TORCH_ALLGATHER") for s in (16, 32, 64)
+                    for op in ("dispatch", "combine") for r in (0, 1)}
+    assert all(t.stats.median_us is not None and t.stats.min_us <= t.stats.mean_us <= t.stats.max_us for t in job.timings)
+    assert {k.phase for k in job.kernels} == {"dispatch", "combine"}
+    assert any("all_to_all" in k.kernel or "alltoall" in k.kernel for k in job.kernels)
+    skips = {s.backend: s.reason for s in job.skips}
+    assert set(skips) == set(TRTLLM)
+    assert all("tensorrt_llm is not available" in reason for reason in skips.values())
+    assert parsed.reports_written == (str(report),)
+
+
+def test_output_file_matches_stdout(full_run):
+    result, report = full_run
+    from_stdout = parse_texts([("stdout", result.stdout)]).jobs[0]
+    from_file = parse_texts([("report", report.read_text())]).jobs[0]
+    assert from_file.header.job_key() == from_stdout.header.job_key()
+    assert set(from_file.timings) == set(from_stdout.timings)
+    assert json.loads(report.read_text())["benchmark_metadata"]["ep_size"] == 2
+
+
+def test_output_loads_with_moecomm_load(full_run, database_url, engine, monkeypatch, tmp_path):
+    result, report = full_run
+    stdout = tmp_path / "stdout.txt"
+    stdout.write_text(result.stdout)
+    monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)
+    assert cli_main(["load", str(stdout), str(report), "--run-id", "cpu-ep2"]) == 0
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM measurement_flat WHERE run_id = 'cpu-ep2'")).scalar() == 24
+        assert conn.execute(sa.text("SELECT count(*) FROM skip")).scalar() == 6
+        torch_version = conn.execute(sa.text("SELECT torch_version FROM provenance")).scalar()
+    assert torch_version
+
+
+def test_ep_size_other_than_the_world_size_is_an_error_not_a_hang():
+    result = bench(2, "--ep_size", "4", *SMALL, timeout=120)
+    assert result.returncode != 0
+    assert "--ep_size 4 does not match the MPI world size 2" in result.stderr
+
+
+def test_bad_combination_exits_with_the_contract_message():
+    result = bench(2, "--ep_size", "2", "-i", "2", "-f", "2", timeout=120)
+    assert result.returncode != 0
+    assert "Only one of -i/--stepbatch or -f/--stepfactor should be used." in result.stderr
+
+
+@pytest.mark.parametrize("new_path", ["0", "1"])
+def test_trtllm_adapter_against_the_factory_test_double(new_path):
+    """TensorRT-LLM cannot run here: its factory is a test double (tests/fakes/tensorrt_llm)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]),
+               MOECOMM_FAKE_TRTLLM_NEW_PATH=new_path)
+    result = bench(2, "--ep_size", "2", *SMALL, "--profile", "gpt_oss", env=env)
+    parsed = parse_texts([("stdout", result.stdout)])
+    (job,) = parsed.jobs
+    assert job.header.extra["provenance"]["trtllm_version"] == "0.0.0+test-double"
+    measured = {(t.backend, t.local_batch_size) for t in job.timings}
+    assert {("ALLGATHER", s) for s in (16, 32, 64)} <= measured
+    assert ("DEEPEP", 16) in measured and ("DEEPEP", 32) not in measured
+    skips = {(s.backend, s.local_batch_size): s.reason for s in job.skips}
+    assert skips[("NVLINK_ONE_SIDED", None)] == "RuntimeError: MNNVL is not supported on this platform (test double)"
+    assert skips[("NVLINK_TWO_SIDED", None)] == "factory returned None."
+    assert skips[("DEEPEP", 32)] == "workload not feasible."
+    assert skips[("DEEPEPLOWLATENCY", 16)] == "feasibility check failed: NVSHMEM is not initialised (test double)"
+    assert skips[("NCCL_EP", 16)].startswith("correctness check failed:")
+    assert not any(b == "NCCL_EP" for b, _ in measured)
+    # A backend that fails its correctness check fails the run visibly.
+    assert result.returncode != 0
+    assert "ERROR: NCCL_EP @ local_batch_size=16: correctness check failed" in result.stderr
