@@ -11,6 +11,9 @@ Environment: `MOECOMM_DATABASE_URL`, `MOECOMM_STATEMENT_TIMEOUT_S`, and those of
 from __future__ import annotations
 
 import os
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -48,3 +51,30 @@ def make_engine(url: str | None = None) -> Engine:
             "application_name": "moecomm",
         },
     )
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str = "moecomm_scratch") -> Iterator[str]:
+    """A new, migrated database on the server of `server_url` (whose user may create databases).
+
+    Yields its URL; drops it afterwards. For tests and benchmarks.
+    """
+    from moecomm_tasks import migrate
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT",
+                             connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+        engine = make_engine(url)
+        try:
+            migrate.upgrade(engine)
+        finally:
+            engine.dispose()
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

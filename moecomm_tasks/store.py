@@ -1,9 +1,10 @@
 """Load parsed benchmark output into PostgreSQL: idempotent, atomic per job, in bulk.
 
-Each job (one benchmark configuration of a run) is loaded in one transaction: a failure part-way
-leaves nothing of it behind. The job's content is fingerprinted: reloading the same content under
+Each input (the jobs of one `load` call; one job per nightly task) is loaded in one transaction:
+a failure part-way leaves nothing of it behind. The job's content is fingerprinted: reloading the same content under
 the same run id changes no row; loading different content for the same job (a re-measurement)
-replaces that job's rows whole. Measurements and kernel timings go in with COPY.
+replaces that job's rows whole. Measurements (one row per backend, size and op, the ranks' times
+in arrays) go in with binary COPY, kernel timings with CSV COPY.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import hashlib
 import io
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+import struct
+from dataclasses import astuple, dataclass, field, fields
 from datetime import datetime, timezone
+from itertools import repeat
 from typing import Any, Iterable, Mapping, Sequence
 
 import psycopg2
@@ -22,7 +25,7 @@ import psycopg2.extras
 from sqlalchemy.engine import Engine
 
 from moecomm_tasks.errors import LoadError
-from moecomm_tasks.records import Dropped, ParsedJob, ParsedOutput, WorkerFailure
+from moecomm_tasks.records import Dropped, ParsedJob, ParsedOutput, RunHeader, Timing, WorkerFailure
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +34,10 @@ PROVENANCE_COLUMNS = (
     "trtllm_version", "trtllm_commit", "hosts", "command", "environment",
 )
 MEASUREMENT_COLUMNS = (
-    "job_pk", "backend", "local_batch_size", "op", "rank",
+    "job_pk", "backend", "local_batch_size", "op",
     "mean_us", "median_us", "stdev_us", "min_us", "max_us", "payload_dtype",
 )
+HEADER_FIELDS = tuple(f.name for f in fields(RunHeader) if f.name != "extra")
 KERNEL_COLUMNS = (
     "job_pk", "backend", "local_batch_size", "phase", "kernel", "rank", "count",
     "mean_us", "median_us", "stdev_us", "min_us", "max_us",
@@ -68,22 +72,127 @@ def _state(job: ParsedJob, dropped: Sequence[Dropped], failures: Sequence[Worker
     return "partial" if job.timings else "failed"
 
 
-def _fingerprint(*parts: Any) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str, allow_nan=True)
-    return hashlib.sha256(blob.encode()).hexdigest()
+def _csv_lines(rows: Iterable[Sequence[Any]]) -> list[str]:
+    """Each row as one CSV record for COPY (floats as their shortest exact repr, None as empty).
 
-
-def _copy(cur: Any, table: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> int:
+    A record can span lines (a quoted field with a line break), so records are cut per row.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    count = 0
+    lines = []
     for row in rows:
         writer.writerow(["" if v is None else (repr(v) if isinstance(v, float) else v) for v in row])
-        count += 1
-    if count:
+        lines.append(buffer.getvalue())
         buffer.seek(0)
-        cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", buffer)
-    return count
+        buffer.truncate()
+    return lines
+
+
+_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
+_COPY_TRAILER = struct.pack(">h", -1)
+_FLOAT8 = struct.Struct(">id")  # one array element: its length (8) and its value
+_FLOAT8_OID = 701
+
+
+def _binary_text(value: str | None) -> bytes:
+    if value is None:
+        return b"\xff\xff\xff\xff"
+    data = value.encode()
+    return struct.pack(">i", len(data)) + data
+
+
+def _binary_array(values: list[float | None]) -> bytes:
+    """A float8[] field in COPY's binary format; NULL when no rank has this statistic."""
+    if None in values:
+        if all(v is None for v in values):
+            return b"\xff\xff\xff\xff"
+        elements = b"".join(b"\xff\xff\xff\xff" if v is None else _FLOAT8.pack(8, v) for v in values)
+        has_null = 1
+    else:
+        elements = b"".join(map(_FLOAT8.pack, repeat(8, len(values)), values))
+        has_null = 0
+    body = struct.pack(">iiiii", 1, has_null, _FLOAT8_OID, len(values), 1) + elements
+    return struct.pack(">i", len(body)) + body
+
+
+def _measurement_rows(timings: Iterable[Timing]) -> list[bytes]:
+    """One binary COPY tuple per (backend, size, op), without its leading job key; each
+    statistic an array indexed by rank."""
+    groups: dict[tuple, list[Timing]] = {}
+    for t in timings:
+        groups.setdefault((t.backend, t.local_batch_size, t.op), []).append(t)
+    rows = []
+    for (backend, size, op), ranks in groups.items():
+        ranks.sort(key=lambda t: t.rank)
+        if [t.rank for t in ranks] != list(range(len(ranks))):
+            raise LoadError(f"{backend} @ {size} {op}: ranks {[t.rank for t in ranks]} are not 0..{len(ranks) - 1}")
+        stats = [t.stats for t in ranks]
+        rows.append(
+            _binary_text(backend) + struct.pack(">ii", 4, size) + _binary_text(op)
+            + _binary_array([s.mean_us for s in stats]) + _binary_array([s.median_us for s in stats])
+            + _binary_array([s.stdev_us for s in stats]) + _binary_array([s.min_us for s in stats])
+            + _binary_array([s.max_us for s in stats]) + _binary_text(ranks[0].payload_dtype)
+        )
+    return rows
+
+
+def _copy_binary(cur: Any, table: str, columns: Sequence[str], tuples: Iterable[bytes]) -> None:
+    """COPY tuples in PostgreSQL's binary format into `table`."""
+    data = b"".join(tuples)
+    if data:
+        cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT binary)",
+                        io.BytesIO(_COPY_HEADER + data + _COPY_TRAILER))
+
+
+def _copy(cur: Any, table: str, columns: Sequence[str], lines: list[str]) -> None:
+    """COPY CSV records into `table`."""
+    if lines:
+        cur.copy_expert(f"COPY {table} ({', '.join(columns)}) FROM STDIN WITH (FORMAT csv)", io.StringIO("".join(lines)))
+
+
+@dataclass
+class _PreparedJob:
+    """One job's rows, formatted for COPY, and its fingerprint."""
+
+    job: ParsedJob
+    key: str
+    state: str
+    error: str | None
+    sha: str
+    measurement_rows: list[bytes]
+    kernel_lines: list[str]
+    dropped: Sequence[Dropped]
+    failures: Sequence[WorkerFailure]
+    provenance: Mapping[str, Any]
+    header_json: str
+
+    def outcome(self, status: str) -> JobOutcome:
+        return JobOutcome(self.key, status, self.state, len(self.job.timings), len(self.job.kernels), len(self.job.skips))
+
+
+def _prepare(job: ParsedJob, dropped: Sequence[Dropped], failures: Sequence[WorkerFailure],
+             provenance: Mapping[str, Any], state: str | None, error: str | None) -> _PreparedJob:
+    header = job.header
+    assert header is not None
+    state = state or _state(job, dropped, failures)
+    measurement_rows = _measurement_rows(job.timings)
+    kernel_lines = _csv_lines(
+        (k.backend, k.local_batch_size, k.phase, k.kernel, k.rank, k.count, k.stats.mean_us,
+         k.stats.median_us, k.stats.stdev_us, k.stats.min_us, k.stats.max_us)
+        for k in job.kernels
+    )
+    header_json = json.dumps(_header_dict(header), sort_keys=True, default=str)
+    fingerprint = hashlib.sha256(header_json.encode())
+    fingerprint.update(json.dumps(
+        [[astuple(s) for s in job.skips], [astuple(d) for d in dropped], [astuple(f) for f in failures],
+         provenance, state, error],
+        sort_keys=True, default=str,
+    ).encode())
+    fingerprint.update(b"".join(measurement_rows))
+    fingerprint.update(b"--kernels--\n")
+    fingerprint.update("".join(kernel_lines).encode())
+    return _PreparedJob(job, header.job_key(), state, error, fingerprint.hexdigest(), measurement_rows,
+                        kernel_lines, dropped, failures, provenance, header_json)
 
 
 def _provenance_row(job_pk: int, provenance: Mapping[str, Any]) -> tuple:
@@ -93,84 +202,71 @@ def _provenance_row(job_pk: int, provenance: Mapping[str, Any]) -> tuple:
     return (job_pk, *known[:-1], json.dumps(environment), json.dumps(extra, default=str))
 
 
-def _load_job(
-    cur: Any,
-    run_pk: int,
-    job: ParsedJob,
-    dropped: Sequence[Dropped],
-    failures: Sequence[WorkerFailure],
-    provenance: Mapping[str, Any],
-    state: str | None,
-    error: str | None,
-) -> JobOutcome:
-    header = job.header
-    assert header is not None
-    key = header.job_key()
-    state = state or _state(job, dropped, failures)
-    sha = _fingerprint(
-        asdict(header), [asdict(t) for t in job.timings], [asdict(k) for k in job.kernels],
-        [asdict(s) for s in job.skips], [asdict(d) for d in dropped],
-        [asdict(f) for f in failures], provenance, state, error,
-    )
+def _header_dict(header: RunHeader) -> dict[str, Any]:
+    """The header as stored in job.header: its fields, with the extra keys beside them."""
+    fields = {name: getattr(header, name) for name in HEADER_FIELDS}
+    fields.update(header.extra)
+    return fields
+
+
+def _job_row(run_pk: int, prepared: _PreparedJob) -> tuple:
+    header = prepared.job.header
+    return (run_pk, prepared.key, header.profile, header.ep_size, header.quant_algo, header.hidden_size,
+            header.top_k, header.num_experts, header.dtype, header.backend, prepared.state, prepared.error,
+            prepared.header_json, prepared.sha)
+
+
+def _write(cur: Any, run_pk: int, prepared: list[_PreparedJob]) -> list[JobOutcome]:
+    """Write the jobs of one input in the open transaction; jobs whose content is unchanged are left alone."""
     cur.execute(
-        "SELECT job_pk, content_sha256 FROM job WHERE run_pk = %s AND job_key = %s FOR UPDATE",
-        (run_pk, key),
+        "SELECT job_key, job_pk, content_sha256 FROM job WHERE run_pk = %s AND job_key = ANY(%s) FOR UPDATE",
+        (run_pk, [p.key for p in prepared]),
     )
-    existing = cur.fetchone()
-    counts = (len(job.timings), len(job.kernels), len(job.skips))
-    if existing and existing[1] == sha:
-        return JobOutcome(key, "unchanged", state, *counts)
-    if existing:
-        cur.execute("DELETE FROM job WHERE job_pk = %s", (existing[0],))
-    header_json = {k: v for k, v in asdict(header).items() if k != "extra"}
-    header_json.update(header.extra)
-    cur.execute(
-        """INSERT INTO job (run_pk, job_key, profile, ep_size, quant_algo, hidden_size, top_k,
-                            num_experts, dtype, requested_backend, state, error, header, content_sha256)
-           VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-           ON CONFLICT ON CONSTRAINT job_run_key DO NOTHING
-           RETURNING job_pk""",
-        (run_pk, key, header.profile, header.ep_size, header.quant_algo, header.hidden_size,
-         header.top_k, header.num_experts, header.dtype, header.backend, state, error,
-         json.dumps(header_json, default=str), sha),
-    )
-    row = cur.fetchone()
-    if row is None:
-        raise LoadError(f"job {key} of this run was loaded by another process at the same time; retry")
-    job_pk = row[0]
-    _copy(cur, "measurement", MEASUREMENT_COLUMNS, (
-        (job_pk, t.backend, t.local_batch_size, t.op, t.rank, t.stats.mean_us, t.stats.median_us,
-         t.stats.stdev_us, t.stats.min_us, t.stats.max_us, t.payload_dtype)
-        for t in job.timings
-    ))
-    _copy(cur, "kernel_timing", KERNEL_COLUMNS, (
-        (job_pk, k.backend, k.local_batch_size, k.phase, k.kernel, k.rank, k.count, k.stats.mean_us,
-         k.stats.median_us, k.stats.stdev_us, k.stats.min_us, k.stats.max_us)
-        for k in job.kernels
-    ))
-    psycopg2.extras.execute_values(
-        cur, "INSERT INTO skip (job_pk, backend, local_batch_size, reason) VALUES %s",
-        [(job_pk, s.backend, s.local_batch_size, s.reason) for s in job.skips],
-    )
-    failure_rows = [
-        (job_pk, seq, "dropped", d.source, d.line, None, d.reason, d.excerpt)
-        for seq, d in enumerate(dropped)
-    ] + [
-        (job_pk, len(dropped) + seq, "worker", f.source, None, f.rank,
-         f"rank {f.rank} raised an uncaught exception", f.traceback[-4000:])
-        for seq, f in enumerate(failures)
-    ]
-    psycopg2.extras.execute_values(
-        cur, "INSERT INTO failure (job_pk, seq, kind, source, line, rank, reason, excerpt) VALUES %s",
-        failure_rows,
-    )
-    if provenance:
-        cur.execute(
-            f"INSERT INTO provenance (job_pk, {', '.join(PROVENANCE_COLUMNS)}, extra) "
-            f"VALUES ({', '.join(['%s'] * (len(PROVENANCE_COLUMNS) + 2))})",
-            _provenance_row(job_pk, provenance),
+    existing = {key: (pk, sha) for key, pk, sha in cur.fetchall()}
+    unchanged = {p.key for p in prepared if p.key in existing and existing[p.key][1] == p.sha}
+    to_write = [p for p in prepared if p.key not in unchanged]
+    replaced = [existing[p.key][0] for p in to_write if p.key in existing]
+    if replaced:
+        cur.execute("DELETE FROM job WHERE job_pk = ANY(%s)", (replaced,))
+    job_pks: dict[str, int] = {}
+    if to_write:
+        inserted = psycopg2.extras.execute_values(
+            cur,
+            """INSERT INTO job (run_pk, job_key, profile, ep_size, quant_algo, hidden_size, top_k, num_experts,
+                                dtype, requested_backend, state, error, header, content_sha256)
+               VALUES %s ON CONFLICT ON CONSTRAINT job_run_key DO NOTHING RETURNING job_key, job_pk""",
+            [_job_row(run_pk, p) for p in to_write], fetch=True, page_size=len(to_write),
         )
-    return JobOutcome(key, "replaced" if existing else "loaded", state, *counts)
+        job_pks = dict(inserted)
+        raced = [p.key for p in to_write if p.key not in job_pks]
+        if raced:
+            raise LoadError(f"job {raced[0]} of this run was loaded by another process at the same time; retry")
+    field_count = struct.pack(">h", len(MEASUREMENT_COLUMNS))
+    _copy_binary(cur, "measurement", MEASUREMENT_COLUMNS, (
+        field_count + struct.pack(">iq", 8, job_pks[p.key]) + row for p in to_write for row in p.measurement_rows
+    ))
+    _copy(cur, "kernel_timing", KERNEL_COLUMNS,
+          [f"{job_pks[p.key]},{line}" for p in to_write for line in p.kernel_lines])
+    skips = [(job_pks[p.key], s.backend, s.local_batch_size, s.reason) for p in to_write for s in p.job.skips]
+    failures = [
+        row for p in to_write for row in (
+            [(job_pks[p.key], seq, "dropped", d.source, d.line, None, d.reason, d.excerpt)
+             for seq, d in enumerate(p.dropped)]
+            + [(job_pks[p.key], len(p.dropped) + seq, "worker", f.source, None, f.rank,
+                f"rank {f.rank} raised an uncaught exception", f.traceback[-4000:])
+               for seq, f in enumerate(p.failures)]
+        )
+    ]
+    provenance = [_provenance_row(job_pks[p.key], p.provenance) for p in to_write if p.provenance]
+    for sql, rows in (
+        ("INSERT INTO skip (job_pk, backend, local_batch_size, reason) VALUES %s", skips),
+        ("INSERT INTO failure (job_pk, seq, kind, source, line, rank, reason, excerpt) VALUES %s", failures),
+        (f"INSERT INTO provenance (job_pk, {', '.join(PROVENANCE_COLUMNS)}, extra) VALUES %s", provenance),
+    ):
+        if rows:
+            psycopg2.extras.execute_values(cur, sql, rows, page_size=1000)
+    return [p.outcome("unchanged" if p.key in unchanged else "replaced" if p.key in existing else "loaded")
+            for p in prepared]
 
 
 def load(
@@ -182,46 +278,41 @@ def load(
     state: str | None = None,
     error: str | None = None,
 ) -> LoadResult:
-    """Load every job of `parsed` under `run_id`, one transaction per job.
+    """Load every job of `parsed` under `run_id`, in one transaction.
 
     `provenance` (keys of the provenance table; others are kept in its `extra`) is merged over
     what the run header carries under `provenance`. `state` and `error` override the job state
     derived from the input (the DAG records launch failures this way).
-    Raises `LoadError` when the database refuses the input; jobs loaded before it stay loaded.
+    Raises `LoadError` when the database refuses the input; then nothing of it was written.
     """
     if not run_id or not run_id.strip():
         raise LoadError("a run id is required (--run-id)")
     run_at = run_at or datetime.now(timezone.utc)
     if run_at.tzinfo is None:
         raise LoadError(f"run time {run_at.isoformat()} has no time zone: give one (e.g. +00:00)")
-    outcomes = []
+    prepared = []
+    for job in parsed.jobs:
+        key = job.header.job_key()
+        job_provenance = dict(job.header.extra.get("provenance") or {})
+        job_provenance.update(provenance or {})
+        dropped = [d for d in parsed.dropped if d.job_key in (key, None)]
+        prepared.append(_prepare(job, dropped, parsed.failures, job_provenance, state, error))
     raw = engine.raw_connection()
     try:
-        for job in parsed.jobs:
-            key = job.header.job_key()
-            dropped = [d for d in parsed.dropped if d.job_key in (key, None)]
-            job_provenance = dict(job.header.extra.get("provenance") or {})
-            job_provenance.update(provenance or {})
-            try:
-                with raw.cursor() as cur:
-                    cur.execute(
-                        "INSERT INTO run (run_id, run_at) VALUES (%s, %s) "
-                        "ON CONFLICT ON CONSTRAINT run_run_id_key DO NOTHING",
-                        (run_id, run_at),
-                    )
-                    cur.execute("SELECT run_pk FROM run WHERE run_id = %s", (run_id,))
-                    run_pk = cur.fetchone()[0]
-                    outcomes.append(_load_job(
-                        cur, run_pk, job, dropped, parsed.failures, job_provenance, state, error
-                    ))
-                raw.commit()
-            except psycopg2.Error as exc:
-                raw.rollback()
-                log.error("load of job %s under run %s failed: %s", key, run_id, exc)
-                raise LoadError(
-                    f"the database refused job {key} of run {run_id} (nothing of it was written): "
-                    f"{str(exc).strip()}"
-                ) from exc
+        with raw.cursor() as cur:
+            cur.execute(
+                "INSERT INTO run (run_id, run_at) VALUES (%s, %s) ON CONFLICT ON CONSTRAINT run_run_id_key DO NOTHING",
+                (run_id, run_at),
+            )
+            cur.execute("SELECT run_pk FROM run WHERE run_id = %s", (run_id,))
+            outcomes = _write(cur, cur.fetchone()[0], prepared)
+        raw.commit()
+    except (psycopg2.Error, LoadError) as exc:
+        raw.rollback()
+        log.error("load of run %s failed: %s", run_id, exc)
+        if isinstance(exc, LoadError):
+            raise
+        raise LoadError(f"the database refused run {run_id}'s input (nothing of it was written): {str(exc).strip()}") from exc
     finally:
         raw.close()
     return LoadResult(run_id, tuple(outcomes), parsed.dropped, parsed.failures)

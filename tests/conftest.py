@@ -9,14 +9,11 @@ migrated database.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.engine import make_url
 
-from moecomm_tasks import db, migrate
+from moecomm_tasks import db
 from moecomm_tasks.embedded import EmbeddedPostgres
 
 DATA = Path(__file__).parent / "data"
@@ -40,20 +37,8 @@ def server_url(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture
 def database_url(server_url: str):
     """A fresh, migrated database on the test server; dropped afterwards."""
-    name = f"moecomm_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(server_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
-    engine = db.make_engine(url)
-    migrate.upgrade(engine)
-    engine.dispose()
-    try:
+    with db.scratch_database(server_url, prefix="moecomm_test") as url:
         yield url
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

@@ -54,33 +54,40 @@ CREATE TABLE provenance (
     CONSTRAINT provenance_gpu_count_nonnegative CHECK (gpu_count IS NULL OR gpu_count >= 0)
 );
 
--- One row per (job, backend, local_batch_size, op, rank): the finest grain the benchmark prints.
+-- One row per (job, backend, local_batch_size, op); element i of each array is rank i's time.
+-- Storing a collective's ranks together keeps a year of nightly results small and fast to load
+-- and to read; the measurement_flat view gives one row per rank.
 CREATE TABLE measurement (
-    job_pk           BIGINT           NOT NULL REFERENCES job ON DELETE CASCADE,
-    backend          TEXT             NOT NULL,
-    local_batch_size INTEGER          NOT NULL,
-    op               TEXT             NOT NULL,
-    rank             INTEGER          NOT NULL,
-    mean_us          DOUBLE PRECISION NOT NULL,
-    median_us        DOUBLE PRECISION,
-    stdev_us         DOUBLE PRECISION,
-    min_us           DOUBLE PRECISION,
-    max_us           DOUBLE PRECISION,
+    job_pk           BIGINT             NOT NULL REFERENCES job ON DELETE CASCADE,
+    backend          TEXT               NOT NULL,
+    local_batch_size INTEGER            NOT NULL,
+    op               TEXT               NOT NULL,
+    mean_us          DOUBLE PRECISION[] NOT NULL,
+    median_us        DOUBLE PRECISION[],
+    stdev_us         DOUBLE PRECISION[],
+    min_us           DOUBLE PRECISION[],
+    max_us           DOUBLE PRECISION[],
     payload_dtype    TEXT,
-    CONSTRAINT measurement_pkey PRIMARY KEY (job_pk, backend, local_batch_size, op, rank),
+    CONSTRAINT measurement_pkey PRIMARY KEY (job_pk, backend, local_batch_size, op),
     CONSTRAINT measurement_op_known CHECK (op IN ('dispatch', 'combine')),
-    CONSTRAINT measurement_rank_nonnegative CHECK (rank >= 0),
     CONSTRAINT measurement_size_positive CHECK (local_batch_size > 0),
-    -- In PostgreSQL NaN sorts above every number, so "< 'Infinity'" also rejects NaN.
+    CONSTRAINT measurement_one_value_per_rank CHECK (
+        array_ndims(mean_us) = 1 AND array_lower(mean_us, 1) = 1
+        AND array_position(mean_us, NULL) IS NULL
+        AND (median_us IS NULL OR cardinality(median_us) = cardinality(mean_us))
+        AND (stdev_us IS NULL OR cardinality(stdev_us) = cardinality(mean_us))
+        AND (min_us IS NULL OR cardinality(min_us) = cardinality(mean_us))
+        AND (max_us IS NULL OR cardinality(max_us) = cardinality(mean_us))
+    ),
+    -- In PostgreSQL NaN sorts above every number, so "'Infinity' > ALL" also rejects NaN.
     CONSTRAINT measurement_times_finite_nonnegative CHECK (
-        mean_us >= 0 AND mean_us < 'Infinity'
-        AND (median_us IS NULL OR (median_us >= 0 AND median_us < 'Infinity'))
-        AND (stdev_us IS NULL OR (stdev_us >= 0 AND stdev_us < 'Infinity'))
-        AND (min_us IS NULL OR (min_us >= 0 AND min_us < 'Infinity'))
-        AND (max_us IS NULL OR (max_us >= 0 AND max_us < 'Infinity'))
+        0 <= ALL (mean_us) AND 'Infinity' > ALL (mean_us)
+        AND (median_us IS NULL OR (0 <= ALL (median_us) AND 'Infinity' > ALL (median_us)))
+        AND (stdev_us IS NULL OR (0 <= ALL (stdev_us) AND 'Infinity' > ALL (stdev_us)))
+        AND (min_us IS NULL OR (0 <= ALL (min_us) AND 'Infinity' > ALL (min_us)))
+        AND (max_us IS NULL OR (0 <= ALL (max_us) AND 'Infinity' > ALL (max_us)))
     )
 );
-CREATE INDEX measurement_series_idx ON measurement (backend, local_batch_size, op, job_pk);
 
 CREATE TABLE kernel_timing (
     job_pk           BIGINT           NOT NULL REFERENCES job ON DELETE CASCADE,

@@ -17,18 +17,20 @@ SELECT
     j.num_experts,
     m.local_batch_size,
     m.op,
-    m.rank,
-    m.mean_us,
-    m.median_us,
-    m.stdev_us,
-    m.min_us,
-    m.max_us,
+    (u.ordinality - 1)::integer AS rank,
+    u.mean_us,
+    u.median_us,
+    u.stdev_us,
+    u.min_us,
+    u.max_us,
     m.payload_dtype,
     p.gpu_model
 FROM measurement m
 JOIN job j USING (job_pk)
 JOIN run r USING (run_pk)
-LEFT JOIN provenance p USING (job_pk);
+LEFT JOIN provenance p USING (job_pk)
+CROSS JOIN LATERAL unnest(m.mean_us, m.median_us, m.stdev_us, m.min_us, m.max_us)
+    WITH ORDINALITY AS u (mean_us, median_us, stdev_us, min_us, max_us, ordinality);
 
 -- One row per (run, job, backend, local_batch_size, phase, kernel, rank).
 CREATE VIEW kernel_flat AS
@@ -74,18 +76,23 @@ SELECT
     m.local_batch_size,
     m.op,
     p.gpu_model,
-    count(*)                                                  AS n_ranks,
-    percentile_cont(0.5) WITHIN GROUP (ORDER BY m.mean_us)    AS median_us,
-    max(m.mean_us)                                            AS slowest_rank_us,
-    (array_agg(m.rank ORDER BY m.mean_us DESC, m.rank))[1]    AS slowest_rank,
-    min(m.mean_us)                                            AS fastest_rank_us,
-    avg(m.stdev_us)                                           AS within_night_stdev_us
+    cardinality(m.mean_us)                                    AS n_ranks,
+    s.median_us,
+    s.slowest_rank_us,
+    array_position(m.mean_us, s.slowest_rank_us) - 1          AS slowest_rank,
+    s.fastest_rank_us,
+    s.within_night_stdev_us
 FROM measurement m
 JOIN job j USING (job_pk)
 JOIN run r USING (run_pk)
 LEFT JOIN provenance p USING (job_pk)
-GROUP BY r.run_pk, r.run_id, r.run_at, r.excluded, j.job_pk, j.job_key, m.backend, j.profile,
-         j.ep_size, j.quant_algo, m.local_batch_size, m.op, p.gpu_model;
+CROSS JOIN LATERAL (
+    SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY v.mean_us) AS median_us,
+           max(v.mean_us)                                      AS slowest_rank_us,
+           min(v.mean_us)                                      AS fastest_rank_us,
+           (SELECT avg(sd) FROM unnest(m.stdev_us) AS sd)      AS within_night_stdev_us
+    FROM unnest(m.mean_us) AS v (mean_us)
+) s;
 
 -- One row per job: what ran, how it ended, and what it skipped or dropped.
 CREATE VIEW job_summary AS
@@ -99,7 +106,7 @@ SELECT
     j.requested_backend,
     j.state,
     j.error,
-    (SELECT count(*) FROM measurement m WHERE m.job_pk = j.job_pk) AS measurements,
+    (SELECT coalesce(sum(cardinality(m.mean_us)), 0) FROM measurement m WHERE m.job_pk = j.job_pk) AS measurements,
     (SELECT count(*) FROM skip s WHERE s.job_pk = j.job_pk)        AS skips,
     (SELECT count(*) FROM failure f WHERE f.job_pk = j.job_pk)     AS failures,
     j.loaded_at

@@ -61,7 +61,7 @@ def test_reload_under_the_same_run_id_changes_no_row(engine, data_dir):
     paths = [data_dir / "seed_stdout_2ranks.txt", data_dir / "seed_output_2ranks.json"]
     store.load(engine, parse_paths(paths), "nightly-1", NIGHT)
     before = snapshot(engine)
-    assert len(before["measurement"]) == 12 and len(before["skip"]) == 5
+    assert len(before["measurement"]) == 6 and len(before["skip"]) == 5  # 3 objects x 2 ops, ranks in arrays
     again = store.load(engine, parse_paths(paths), "nightly-1", NIGHT)
     assert [j.status for j in again.jobs] == ["unchanged"]
     store.load(engine, parse_paths(paths[:1]), "nightly-1", NIGHT)
@@ -75,7 +75,10 @@ def test_a_remeasurement_replaces_the_job_whole(engine, data_dir):
     slower = replace(job, timings=tuple(replace(t, stats=Stats(t.stats.mean_us * 2)) for t in job.timings[:4]))
     result = store.load(engine, replace(parsed, jobs=(slower,)), "nightly-1", NIGHT)
     assert [j.status for j in result.jobs] == ["replaced"]
-    assert counts(engine)["measurement"] == 4 and counts(engine)["job"] == 1
+    assert counts(engine)["measurement"] == 2 and counts(engine)["job"] == 1
+    with engine.connect() as conn:
+        means = conn.execute(sa.text("SELECT mean_us FROM measurement_flat ORDER BY op, rank")).scalars().all()
+    assert means == [2 * t.stats.mean_us for t in sorted(job.timings[:4], key=lambda t: (t.op, t.rank))]
 
 
 def test_truncated_output_loads_the_complete_objects_and_records_the_drop(engine, data_dir):
@@ -83,26 +86,30 @@ def test_truncated_output_loads_the_complete_objects_and_records_the_drop(engine
     result = store.load(engine, parsed, "nightly-1", NIGHT)
     assert result.jobs[0].state == "partial"
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM measurement")).scalar() == 8
+        assert conn.execute(sa.text("SELECT count(*) FROM measurement_flat")).scalar() == 8
         reason = conn.execute(sa.text("SELECT kind, reason FROM failure")).one()
         assert tuple(reason) == ("dropped", "truncated JSON object (it never closes)")
 
 
 def test_database_refuses_negative_and_nan_times(engine, data_dir):
     store.load(engine, parse_paths([data_dir / "seed_stdout_2ranks.txt"]), "nightly-1", NIGHT)
-    for bad in ("-1.0", "'NaN'", "'Infinity'"):
+    for bad in ("-1.0", "NaN", "Infinity"):
         with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="measurement_times_finite_nonnegative"):
             conn.execute(sa.text(
-                "INSERT INTO measurement (job_pk, backend, local_batch_size, op, rank, mean_us) "
-                f"SELECT job_pk, 'X', 1, 'dispatch', 0, {bad} FROM job"))
+                "INSERT INTO measurement (job_pk, backend, local_batch_size, op, mean_us) "
+                f"SELECT job_pk, 'X', 1, 'dispatch', '{{1.0,{bad}}}' FROM job"))
+    with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="measurement_one_value_per_rank"):
+        conn.execute(sa.text(
+            "INSERT INTO measurement (job_pk, backend, local_batch_size, op, mean_us, median_us) "
+            "SELECT job_pk, 'X', 1, 'dispatch', '{1.0,2.0}', '{1.0}' FROM job"))
 
 
 def test_database_refuses_a_duplicate_measurement(engine, data_dir):
     store.load(engine, parse_paths([data_dir / "seed_stdout_2ranks.txt"]), "nightly-1", NIGHT)
     with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="measurement_pkey"):
         conn.execute(sa.text(
-            "INSERT INTO measurement (job_pk, backend, local_batch_size, op, rank, mean_us) "
-            "SELECT job_pk, backend, local_batch_size, op, rank, mean_us FROM measurement LIMIT 1"))
+            "INSERT INTO measurement (job_pk, backend, local_batch_size, op, mean_us) "
+            "SELECT job_pk, backend, local_batch_size, op, mean_us FROM measurement LIMIT 1"))
 
 
 def test_a_failure_mid_load_leaves_nothing_of_that_input(engine, data_dir):
