@@ -56,22 +56,21 @@ def trend(engine: Engine, series: SeriesFilter, since: datetime | None = None) -
         where += " AND run_at >= :since"
         params["since"] = since
     with engine.connect() as conn:
-        keys = conn.execute(sa.text(
-            f"SELECT DISTINCT {', '.join(SERIES_KEY)} FROM nightly_series WHERE {where}"
-        ), params).all()
-        if len(keys) > 1:
-            shown = "\n  ".join(
-                ", ".join(f"{k}={v}" for k, v in zip(SERIES_KEY, key) if v is not None) for key in keys[:10]
-            )
-            raise MoecommError(
-                f"{len(keys)} series match; narrow it down (--backend, --profile, --ep-size, --size, "
-                f"--op, --quant, --gpu). Some of them:\n  {shown}"
-            )
-        return list(conn.execute(sa.text(f"""
-            SELECT run_id, run_at, excluded, n_ranks, median_us, slowest_rank_us, slowest_rank,
-                   within_night_stdev_us
+        rows = conn.execute(sa.text(f"""
+            SELECT {', '.join(SERIES_KEY)}, run_id, run_at, excluded, n_ranks, median_us, slowest_rank_us,
+                   slowest_rank, within_night_stdev_us
             FROM nightly_series WHERE {where} ORDER BY run_at, run_id
-        """), params))
+        """), params).all()
+    keys = sorted({tuple(row[: len(SERIES_KEY)]) for row in rows}, key=str)
+    if len(keys) > 1:
+        shown = "\n  ".join(
+            ", ".join(f"{k}={v}" for k, v in zip(SERIES_KEY, key) if v is not None) for key in keys[:10]
+        )
+        raise MoecommError(
+            f"{len(keys)} series match; narrow it down (--backend, --profile, --ep-size, --size, "
+            f"--op, --quant, --gpu). Some of them:\n  {shown}"
+        )
+    return [row[len(SERIES_KEY):] for row in rows]
 
 
 def trend_table(engine: Engine, series: SeriesFilter, last: int = 10) -> tuple[list[str], list[tuple]]:

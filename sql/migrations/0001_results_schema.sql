@@ -36,6 +36,8 @@ CREATE TABLE job (
     CONSTRAINT job_ep_size_positive CHECK (ep_size > 0),
     CONSTRAINT job_state_known CHECK (state IN ('succeeded', 'partial', 'failed'))
 );
+-- Trend queries select a series by profile and EP size here, and by backend, size and op below.
+CREATE INDEX job_profile_ep_idx ON job (profile, ep_size);
 
 CREATE TABLE provenance (
     job_pk          BIGINT PRIMARY KEY REFERENCES job ON DELETE CASCADE,
@@ -88,6 +90,7 @@ CREATE TABLE measurement (
         AND (max_us IS NULL OR (0 <= ALL (max_us) AND 'Infinity' > ALL (max_us)))
     )
 );
+CREATE INDEX measurement_series_idx ON measurement (backend, local_batch_size, op);
 
 CREATE TABLE kernel_timing (
     job_pk           BIGINT           NOT NULL REFERENCES job ON DELETE CASCADE,
