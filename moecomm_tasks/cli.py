@@ -162,6 +162,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo.run(args)
 
 
+def cmd_samples(args: argparse.Namespace) -> int:
+    from moecomm_tasks import demo
+
+    return demo.load_samples(args)
+
+
 def _add_series_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend")
     parser.add_argument("--profile")
@@ -205,8 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_b")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("demo", help="the main job on this machine (see README)")
+    p = sub.add_parser("demo", help="the main job: the nightly DAG once, on this machine (see README)")
+    p.add_argument("--matrix", help="a matrix file or a shipped matrix's name (default: MOECOMM_MATRIX, else cpu)")
+    p.add_argument("--logical-date", help="ISO-8601 time with a zone; the same one reruns the same DAG run")
+    p.add_argument("--airflow-home", help="default: $MOECOMM_HOME/airflow")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("samples", help="load the recorded H100 runs shipped with moecomm and print their trends")
+    p.set_defaults(func=cmd_samples)
     return parser
 
 

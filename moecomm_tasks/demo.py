@@ -1,27 +1,107 @@
-"""`moecomm demo`: the main job on this machine.
+"""`moecomm demo`: the main job on this machine: the nightly DAG, once, end to end.
 
-Loads the sample outputs shipped with moecomm (real runs of the reference backends on an H100)
-into the database (the embedded PostgreSQL unless MOECOMM_DATABASE_URL is set) and prints their
-trend table.
+It gives Airflow a home of its own (`$MOECOMM_HOME/airflow`: a SQLite metadata database, the
+logs and the jobs' artifacts), points its DAGs folder at moecomm's `dags/`, migrates it, creates
+the pool, and runs `moe_comm_nightly` with Airflow's own `dag.test()`: the CPU matrix by default
+(the reference backends, 2 ranks under `mpirun`), loading into the embedded PostgreSQL unless
+MOECOMM_DATABASE_URL is set. Then it prints the night's results.
+
+`moecomm samples` loads the recorded H100 runs shipped with moecomm instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
 
 from moecomm_tasks import parse, query, store
+from moecomm_tasks.embedded import moecomm_home
+from moecomm_tasks.errors import ConfigError, MoecommError
 from moecomm_tasks.samples import sample_runs
+
+DAG_ID = "moe_comm_nightly"
+
+
+def dags_folder() -> Path:
+    """`dags/` of the checkout, or the copy inside the installed package."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "dags", here / "dags"):
+        if (candidate / f"{DAG_ID}.py").exists():
+            return candidate
+    raise MoecommError(f"no dags/{DAG_ID}.py next to {here}: the installation is incomplete")
+
+
+def airflow_environment(airflow_home: Path, matrix: str | None) -> dict[str, str]:
+    """The variables that make Airflow use its own home and moecomm's DAGs (set before importing it)."""
+    env = {
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags_folder()),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        # Airflow's own INFO lines would bury the night's table; MOECOMM_AIRFLOW_LOG_LEVEL=INFO shows them.
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": os.environ.get("MOECOMM_AIRFLOW_LOG_LEVEL", "WARNING"),
+    }
+    if matrix:
+        env["MOECOMM_MATRIX"] = str(Path(matrix).resolve()) if matrix.endswith(".toml") else matrix
+    return env
+
+
+def run_dag(logical_date: datetime, airflow_home: Path, matrix: str | None) -> tuple[str, str]:
+    """Run the DAG once with dag.test(); return (run id, final state)."""
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    os.environ.update(airflow_environment(airflow_home, matrix))
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.pool import Pool
+    from airflow.utils.db import upgradedb
+
+    from moecomm_tasks.matrix import load_matrix
+
+    config = load_matrix()
+    upgradedb()
+    Pool.create_or_update_pool(config.pool, slots=max(1, config.pool_slots), include_deferred=False,
+                               description="moecomm: benchmark jobs running at once")
+    bag = DagBag(dag_folder=str(dags_folder()))
+    if DAG_ID not in bag.dags:
+        raise ConfigError(f"the DAG did not load: {bag.import_errors}")
+    run = bag.dags[DAG_ID].test(logical_date=logical_date, run_after=logical_date)
+    return run.run_id, str(run.state)
 
 
 def run(args: argparse.Namespace) -> int:
+    from moecomm_tasks import db, nightly
+    from moecomm_tasks.cli import _engine, console, err_console
+
+    started = time.monotonic()
+    engine = _engine()
+    # The tasks run in this process: let them reuse the server started here.
+    os.environ.setdefault("MOECOMM_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    logical_date = datetime.fromisoformat(args.logical_date) if args.logical_date else datetime.now(timezone.utc)
+    if logical_date.tzinfo is None:
+        raise MoecommError(f"--logical-date {args.logical_date!r} has no time zone: add one (e.g. +00:00)")
+    airflow_home = Path(args.airflow_home) if args.airflow_home else moecomm_home() / "airflow"
+    run_id, state = run_dag(logical_date, airflow_home, args.matrix)
+    summary = nightly.run_summary(db.make_engine(), run_id)
+    console.print(nightly.report_text(engine, run_id), markup=False, highlight=False)
+    console.print(f"\nDAG run {run_id}: {state}; jobs: {summary['states']}; "
+                  f"{time.monotonic() - started:.0f} s", markup=False)
+    for failed in summary["failed"]:
+        err_console.print(f"job {failed['job']}: {failed['error']}", markup=False)
+    return 0 if state == "success" else 1
+
+
+def load_samples(args: argparse.Namespace) -> int:
     from moecomm_tasks.cli import _engine, console, print_trend_table
 
     engine = _engine()
     runs = sample_runs()
     for sample in runs:
         result = store.load(engine, parse.parse_paths(sample.paths), sample.run_id, sample.run_at)
-        loaded = sum(j.measurements for j in result.jobs if j.status != "unchanged")
         console.print(f"run {sample.run_id} ({sample.run_at.isoformat()}): "
-                      f"{loaded} measurements loaded, {len(result.jobs)} jobs", markup=False)
+                      f"{result.measurements} measurements, {len(result.jobs)} jobs", markup=False)
     print_trend_table(engine, query.SeriesFilter(gpu_model="NVIDIA H100 80GB HBM3"), last=len(runs))
     return 0

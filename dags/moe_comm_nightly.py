@@ -1,0 +1,91 @@
+"""
+### moe_comm_nightly
+
+Every night, the MoE communication benchmark matrix (backend x profile x EP size, from the matrix
+file named by `MOECOMM_MATRIX`, default the CPU matrix shipped with moecomm) runs on the GPU
+nodes: `plan__<queue>` expands the matrix, one mapped `run_benchmark__<queue>` task per job launches
+`mpirun` on the node that owns the queue (a pool caps the total), keeps stdout, stderr and the
+output file, and loads the results under this DAG run's id. `analyze` and `report` run whatever
+failed before them and read the database, not XComs.
+
+Manual runs take params to run a subset: `backends`, `profiles`, `ep_sizes`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
+
+from moecomm_tasks.matrix import load_matrix
+from moecomm_tasks.notifiers import RunFailureNotifier
+
+# A local file, validated here so that a bad matrix is an import error of this DAG.
+MATRIX = load_matrix()
+JOB_TIMEOUT = timedelta(seconds=max([MATRIX.timeout_s] + [o.timeout_s or 0 for o in MATRIX.overrides])
+                        + MATRIX.kill_grace_s + 300)
+# A benchmark that crashed, hung or failed its check is recorded and not retried; anything else
+# (the node, mpirun, the database) is an infrastructure failure and gets the task's retries.
+BENCHMARK_FAILURES_ARE_FINAL = ExceptionRetryPolicy(rules=[RetryRule(
+    exception="moecomm_tasks.nightly.BenchmarkFailed", action=RetryAction.FAIL,
+    reason="the benchmark itself failed; its job is recorded as failed")])
+
+
+@dag(
+    dag_id="moe_comm_nightly",
+    schedule=MATRIX.schedule,
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["moecomm", "benchmark", "nightly"],
+    doc_md=__doc__,
+    on_failure_callback=RunFailureNotifier(),
+    default_args={"retries": MATRIX.retries, "retry_delay": timedelta(minutes=2),
+                  "execution_timeout": timedelta(minutes=10)},
+    params={
+        "backends": Param([], type="array", items={"type": "string", "enum": MATRIX.backends},
+                          description="a subset of the matrix's backends (empty: all)"),
+        "profiles": Param([], type="array", items={"type": "string", "enum": MATRIX.profiles},
+                          description="a subset of the matrix's profiles (empty: all)"),
+        "ep_sizes": Param([], type="array", items={"type": "integer", "enum": MATRIX.ep_sizes},
+                          description="a subset of the matrix's EP sizes (empty: all)"),
+    },
+)
+def moe_comm_nightly():
+    @task(execution_timeout=timedelta(minutes=2), retries=0)
+    def plan(queue: str, params=None) -> list[dict]:
+        from moecomm_tasks import nightly
+
+        return nightly.plan(MATRIX, dict(params or {}))[queue]
+
+    @task(execution_timeout=JOB_TIMEOUT, retry_policy=BENCHMARK_FAILURES_ARE_FINAL)
+    def run_benchmark(job: dict, dag_run=None) -> dict:
+        from moecomm_tasks import db, nightly
+        from moecomm_tasks.matrix import Job
+
+        outcome = nightly.run_job(MATRIX, Job(**job), run_id=dag_run.run_id, run_at=dag_run.run_after,
+                                  engine=db.make_engine())
+        return outcome.as_dict()
+
+    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
+    def analyze(dag_run=None) -> dict:
+        from moecomm_tasks import db, nightly
+
+        return nightly.run_summary(db.make_engine(), dag_run.run_id)
+
+    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
+    def report(dag_run=None) -> str:
+        from moecomm_tasks import db, nightly
+
+        return nightly.report_text(db.make_engine(), dag_run.run_id)
+
+    runs = [
+        run_benchmark.override(task_id=f"run_benchmark__{queue}", queue=queue, pool=MATRIX.pool,
+                               pool_slots=MATRIX.pool_slots).expand(job=plan.override(task_id=f"plan__{queue}")(queue))
+        for queue in MATRIX.queues
+    ]
+    runs >> analyze() >> report()
+
+
+moe_comm_nightly()

@@ -1,0 +1,161 @@
+"""The bodies of the nightly DAG's tasks: plan, run one job, analyze, report.
+
+Each mapped `run_benchmark` task launches its job, keeps stdout, stderr and the output file on
+disk, parses them and loads whatever was measured under the DAG run's id, with the job's state:
+a crashed or timed-out job is recorded as failed (with its dropped objects, worker tracebacks
+and the error), so the final tasks can read every outcome from the database. Benchmark failures
+raise `BenchmarkFailed` (not worth a retry); infrastructure failures (`LaunchError`, `LoadError`,
+`DatabaseError`) propagate as they are, and the task's retries may try again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from moecomm_tasks import launch, parse, provenance, store
+from moecomm_tasks.bench.args import build_parser, resolve
+from moecomm_tasks.errors import MoecommError
+from moecomm_tasks.matrix import Job, Matrix
+from moecomm_tasks.records import ParsedJob, ParsedOutput, RunHeader
+
+log = logging.getLogger(__name__)
+
+
+class BenchmarkFailed(MoecommError):
+    """The benchmark itself failed (crashed, hung, failed its correctness check): recorded, not retried."""
+
+
+def artifacts_root() -> Path:
+    """`MOECOMM_ARTIFACTS`, else `moecomm/` under Airflow's log folder."""
+    configured = os.environ.get("MOECOMM_ARTIFACTS")
+    if configured:
+        return Path(configured)
+    logs = os.environ.get("AIRFLOW__LOGGING__BASE_LOG_FOLDER") or str(
+        Path(os.environ.get("AIRFLOW_HOME", "~/airflow")).expanduser() / "logs")
+    return Path(logs) / "moecomm"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def plan(matrix: Matrix, params: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
+    """The night's jobs, grouped by the node queue each is routed to (every queue present)."""
+    params = params or {}
+    jobs = matrix.jobs(params.get("backends") or None, params.get("profiles") or None,
+                       params.get("ep_sizes") or None)
+    grouped: dict[str, list[dict[str, Any]]] = {queue: [] for queue in matrix.queues}
+    for job in jobs:
+        grouped[job.queue].append(job.model_dump())
+    return grouped
+
+
+def expected_header(program: list[str], job: Job) -> RunHeader:
+    """The run header the benchmark would have printed, from its own command line (for a job that
+    died before printing one)."""
+    args = build_parser().parse_args(program[program.index("--ep_size"):])
+    shape = resolve(args, job.ep_size)
+    return RunHeader(
+        profile=args.profile, ep_size=job.ep_size, hidden_size=shape.hidden_size, top_k=shape.top_k,
+        num_experts=shape.num_experts, quant_algo=shape.quant_algo, dtype="torch.bfloat16",
+        local_batch_sizes=shape.local_batch_sizes, backend=args.backend,
+    )
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    job: str
+    state: str
+    measurements: int
+    error: str | None
+    artifacts: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: Engine) -> JobOutcome:
+    """Launch, keep the outputs, parse, load. Raises BenchmarkFailed after recording a failed job."""
+    artifacts = artifacts_root() / _safe(run_id) / _safe(job.name)
+    spec = launch.build(matrix, job, artifacts)
+    log.info("launching %s: %s", job.name, spec.argv)
+    result = launch.run(spec)
+    texts = [(str(path), path.read_text(encoding="utf-8", errors="replace"))
+             for path in (spec.stdout, spec.stderr, spec.output_file) if path.exists()]
+    parsed = parse.parse_texts(texts)
+    error = None
+    if result.timed_out:
+        error = f"timed out after {job.timeout_s} s; all {result.leftover_killed} processes of the launch were killed"
+    elif result.returncode != 0:
+        error = f"the benchmark exited with status {result.returncode}"
+    if not parsed.jobs:
+        parsed = ParsedOutput(jobs=(ParsedJob(expected_header(spec.program, job)),), dropped=parsed.dropped,
+                              failures=parsed.failures, reports_written=parsed.reports_written)
+    measured = sum(len(j.timings) for j in parsed.jobs)
+    state = None
+    if error:
+        state = "partial" if measured else "failed"
+    script = matrix.benchmark.script if matrix.benchmark.kind == "upstream" else None
+    states = []
+    for parsed_job in parsed.jobs:
+        reported = dict(parsed_job.header.extra.get("provenance") or {})
+        merged = provenance.merge(provenance.host_provenance(script), reported, {
+            "command": spec.argv, "environment": spec.knobs, "launcher": matrix.launcher.kind,
+            "queue": job.queue, "artifacts": str(artifacts),
+        })
+        loaded = store.load(engine, ParsedOutput(jobs=(parsed_job,), dropped=parsed.dropped, failures=parsed.failures),
+                            run_id, run_at, provenance=merged, state=state, error=error)
+        states += [j.state for j in loaded.jobs]
+    final = "failed" if "failed" in states else "partial" if "partial" in states else "succeeded"
+    outcome = JobOutcome(job.name, final, measured, error, str(artifacts))
+    if error or final == "failed":
+        raise BenchmarkFailed(f"{job.name}: {error or 'nothing was measured'} (outputs in {artifacts})")
+    return outcome
+
+
+def run_summary(engine: Engine, run_id: str) -> dict[str, Any]:
+    """How the run's jobs ended, read from the database (not from the tasks' XComs)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(
+            "SELECT job_key, state, error, measurements FROM job_summary WHERE run_id = :r ORDER BY job_key"),
+            {"r": run_id}).all()
+    states: dict[str, int] = {}
+    for row in rows:
+        states[row.state] = states.get(row.state, 0) + 1
+    return {"run_id": run_id, "jobs": len(rows), "states": states,
+            "failed": [{"job": r.job_key, "error": r.error} for r in rows if r.state != "succeeded"]}
+
+
+def night_table(engine: Engine, run_id: str) -> list[sa.Row]:
+    """The night's results: per (profile, EP size, backend, size), dispatch and combine µs
+    (median across ranks)."""
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text("""
+            SELECT profile, ep_size, backend, local_batch_size,
+                   max(median_us) FILTER (WHERE op = 'dispatch') AS dispatch_us,
+                   max(median_us) FILTER (WHERE op = 'combine') AS combine_us
+            FROM nightly_series WHERE run_id = :r
+            GROUP BY profile, ep_size, backend, local_batch_size
+            ORDER BY profile, ep_size, backend, local_batch_size
+        """), {"r": run_id}))
+
+
+def report_text(engine: Engine, run_id: str) -> str:
+    """The night's results as a plain-text table (the `report` task's log and XCom)."""
+    rows = night_table(engine, run_id)
+    lines = [f"run {run_id}: {len(rows)} (profile, EP size, backend, size) points",
+             f"{'profile':<12} {'ep':>3} {'backend':<18} {'tokens':>7} {'dispatch µs':>12} {'combine µs':>11}"]
+    for r in rows:
+        fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+        lines.append(f"{r.profile:<12} {r.ep_size:>3} {r.backend:<18} {r.local_batch_size:>7} "
+                     f"{fmt(r.dispatch_us):>12} {fmt(r.combine_us):>11}")
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Airflow notifiers (the only module here that imports Airflow; the DAG uses it).
+
+`RunFailureNotifier`: the DAG-level failure notifier. It logs which jobs failed, read from the
+results database, and posts the same summary as JSON to `MOECOMM_FAILURE_WEBHOOK_URL` when set
+(10 s timeout, 3 tries).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.request
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+log = logging.getLogger(__name__)
+TIMEOUT_S = 10
+TRIES = 3
+
+
+def post_json(url: str, payload: dict[str, Any]) -> None:
+    """POST `payload` to `url`, with a timeout and a bounded retry; raises the last error."""
+    body = json.dumps(payload, default=str).encode()
+    for attempt in range(1, TRIES + 1):
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+                response.read()
+            return
+        except OSError:
+            if attempt == TRIES:
+                raise
+            time.sleep(2 ** attempt)
+
+
+class RunFailureNotifier(BaseNotifier):
+    """Says that a nightly run failed, and which jobs, from the database."""
+
+    def notify(self, context: dict[str, Any]) -> None:
+        from moecomm_tasks import db, nightly
+
+        run_id = context["dag_run"].run_id
+        try:
+            summary = nightly.run_summary(db.make_engine(), run_id)
+        except Exception as exc:  # the notifier must still say something when the database is down
+            summary = {"run_id": run_id, "error": f"results database unavailable: {exc}"}
+        summary["dag_id"] = context["dag"].dag_id
+        log.error("moe_comm_nightly run %s failed: %s", run_id, json.dumps(summary, default=str))
+        url = os.environ.get("MOECOMM_FAILURE_WEBHOOK_URL")
+        if url:
+            post_json(url, {"text": f"moe_comm_nightly run {run_id} failed", "summary": summary})
