@@ -5,8 +5,9 @@ Every night, the MoE communication benchmark matrix (backend x profile x EP size
 file named by `MOECOMM_MATRIX`, default the CPU matrix shipped with moecomm) runs on the GPU
 nodes: `plan__<queue>` expands the matrix, one mapped `run_benchmark__<queue>` task per job launches
 `mpirun` on the node that owns the queue (a pool caps the total), keeps stdout, stderr and the
-output file, and loads the results under this DAG run's id. `analyze` and `report` run whatever
-failed before them and read the database, not XComs.
+output file, and loads the results under this DAG run's id. `analyze`, `report` and `verdict` run
+whatever failed before them and read the database, not the failed tasks' XComs; `verdict` fails
+the run when any planned job did not succeed, which calls the failure notifier.
 
 Manual runs take params to run a subset: `backends`, `profiles`, `ep_sizes`.
 """
@@ -41,7 +42,7 @@ BENCHMARK_FAILURES_ARE_FINAL = ExceptionRetryPolicy(rules=[RetryRule(
     tags=["moecomm", "benchmark", "nightly"],
     doc_md=__doc__,
     on_failure_callback=RunFailureNotifier(),
-    default_args={"retries": MATRIX.retries, "retry_delay": timedelta(minutes=2),
+    default_args={"retries": MATRIX.retries, "retry_delay": timedelta(seconds=MATRIX.retry_delay_s),
                   "execution_timeout": timedelta(minutes=10)},
     params={
         "backends": Param([], type="array", items={"type": "string", "enum": MATRIX.backends},
@@ -80,12 +81,20 @@ def moe_comm_nightly():
 
         return nightly.report_text(db.make_engine(), dag_run.run_id)
 
+    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=5), retries=0)
+    def verdict(planned: list, dag_run=None) -> None:
+        from moecomm_tasks import db, nightly
+
+        nightly.verdict(db.make_engine(), dag_run.run_id, planned)
+
+    plans = [plan.override(task_id=f"plan__{queue}")(queue) for queue in MATRIX.queues]
     runs = [
         run_benchmark.override(task_id=f"run_benchmark__{queue}", queue=queue, pool=MATRIX.pool,
-                               pool_slots=MATRIX.pool_slots).expand(job=plan.override(task_id=f"plan__{queue}")(queue))
-        for queue in MATRIX.queues
+                               pool_slots=MATRIX.pool_slots).expand(job=planned)
+        for queue, planned in zip(MATRIX.queues, plans)
     ]
-    runs >> analyze() >> report()
+    # The run's state is its leaf's: `verdict` fails it when any planned job did not succeed.
+    runs >> analyze() >> report() >> verdict(plans)
 
 
 moe_comm_nightly()

@@ -181,6 +181,7 @@ class Matrix(_Strict):
     timeout_s: PositiveInt = 1800
     kill_grace_s: PositiveInt = 15
     retries: Annotated[int, Field(ge=0)] = 1
+    retry_delay_s: PositiveInt = 120
     worker_args: list[str] = []
     env: dict[str, str] = {}
     benchmark: Benchmark = Benchmark()

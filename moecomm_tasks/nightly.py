@@ -159,3 +159,21 @@ def report_text(engine: Engine, run_id: str) -> str:
         lines.append(f"{r.profile:<12} {r.ep_size:>3} {r.backend:<18} {r.local_batch_size:>7} "
                      f"{fmt(r.dispatch_us):>12} {fmt(r.combine_us):>11}")
     return "\n".join(lines)
+
+
+def verdict(engine: Engine, run_id: str, planned: list[list[dict[str, Any]]]) -> None:
+    """Raise BenchmarkFailed unless every planned job of the run is recorded as succeeded."""
+    with engine.connect() as conn:
+        recorded = conn.execute(sa.text(
+            "SELECT requested_backend, profile, ep_size, state FROM job_summary WHERE run_id = :r"), {"r": run_id}).all()
+    states = {(r.requested_backend, r.profile, r.ep_size): r.state for r in recorded}
+    missing, failed = [], []
+    for job in (j for queue_jobs in planned for j in (queue_jobs or [])):
+        state = states.get((job["backend"], job["profile"], job["ep_size"]))
+        if state is None:
+            missing.append(Job(**job).name)
+        elif state != "succeeded":
+            failed.append(f"{Job(**job).name} ({state})")
+    if missing or failed:
+        raise BenchmarkFailed(f"run {run_id}: {len(failed)} jobs did not succeed: {failed}; "
+                              f"{len(missing)} have no record (their task failed before loading): {missing}")

@@ -39,6 +39,12 @@ def post_json(url: str, payload: dict[str, Any]) -> None:
 class RunFailureNotifier(BaseNotifier):
     """Says that a nightly run failed, and which jobs, from the database."""
 
+    def render_template_fields(self, context: dict[str, Any], jinja_env: Any = None) -> None:
+        # Nothing here is templated. Rendering would ask the DAG for its template environment,
+        # which the serialized DAG that dag.test() hands to callbacks lacks (Airflow 3.3).
+        if self.template_fields:
+            super().render_template_fields(context, jinja_env)
+
     def notify(self, context: dict[str, Any]) -> None:
         from moecomm_tasks import db, nightly
 

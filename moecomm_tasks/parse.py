@@ -461,7 +461,8 @@ def parse_texts(
     Output files without a header of their own (the seed version's bare list) take
     `default_header`, or the single run header found in the streams among `inputs`.
     """
-    inputs = list(inputs)
+    # PostgreSQL text cannot hold NUL, and a crashing process can leave some in its output.
+    inputs = [(source, text.replace("\x00", "\ufffd")) for source, text in inputs]
     streams = [(s, t) for s, t in inputs if not looks_like_output_file(t)]
     reports = [(s, t) for s, t in inputs if looks_like_output_file(t)]
     out = _Collector(default_header)

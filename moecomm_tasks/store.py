@@ -307,7 +307,7 @@ def load(
             cur.execute("SELECT run_pk FROM run WHERE run_id = %s", (run_id,))
             outcomes = _write(cur, cur.fetchone()[0], prepared)
         raw.commit()
-    except (psycopg2.Error, LoadError) as exc:
+    except (psycopg2.Error, LoadError, ValueError) as exc:
         raw.rollback()
         log.error("load of run %s failed: %s", run_id, exc)
         if isinstance(exc, LoadError):

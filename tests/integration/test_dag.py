@@ -1,0 +1,182 @@
+"""The nightly DAG: import and policy, and a real end-to-end `dag.test()` run (through `moecomm
+demo`) with real mpirun ranks and a real PostgreSQL, including a crashing and a hanging job."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+pytestmark = pytest.mark.integration
+
+DAGS = Path(__file__).parent.parent.parent / "dags"
+FACTS = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+dag = bag.dags.get("moe_comm_nightly")
+print(json.dumps({
+    "errors": {k: str(v)[-300:] for k, v in bag.import_errors.items()},
+    "schedule": dag.timetable.expression, "schedule_tz": str(dag.timetable.timezone), "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
+    "tz": str(dag.start_date.tzinfo), "tags": sorted(dag.tags), "doc": bool(dag.doc_md),
+    "on_failure": type(dag.on_failure_callback).__name__, "params": sorted(dag.params.keys()),
+    "tasks": {t.task_id: {
+        "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
+        "queue": t.queue, "pool": t.pool, "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule), "retries": t.retries,
+        "retry_policy": type(getattr(t, "retry_policy", None)).__name__,
+        "mapped": any(c.__name__ == "MappedOperator" for c in type(t).__mro__), "upstream": sorted(t.upstream_task_ids)}
+        for t in dag.tasks},
+}))
+"""
+
+
+def dag_facts(tmp_path: Path, **env: str) -> dict:
+    environment = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
+                       AIRFLOW__CORE__DAGS_FOLDER=str(DAGS), **env)
+    result = subprocess.run([sys.executable, "-c", FACTS, str(DAGS)], capture_output=True, text=True, timeout=180,
+                            env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_dag_imports_without_a_database_and_follows_the_policy(tmp_path):
+    # Nothing at import time may touch a database or the network: both point nowhere here.
+    facts = dag_facts(tmp_path, MOECOMM_DATABASE_URL="postgresql+psycopg2://nobody@127.0.0.1:1/none",
+                      AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path}/missing/airflow.db",
+                      MOECOMM_MATRIX="h100-8gpu")
+    assert facts["errors"] == {}
+    assert facts["schedule"] == "0 2 * * *" and facts["catchup"] is False and facts["max_active_runs"] == 1
+    assert facts["tz"] == "UTC" and facts["schedule_tz"] == "UTC" and facts["doc"] and "nightly" in facts["tags"]
+    assert facts["on_failure"] == "RunFailureNotifier"
+    assert facts["params"] == ["backends", "ep_sizes", "profiles"]
+    tasks = facts["tasks"]
+    assert set(tasks) == {"plan__gpu-node-1", "run_benchmark__gpu-node-1", "analyze", "report", "verdict"}
+    assert all(t["timeout"] for t in tasks.values()), "every task has an execution_timeout"
+    run = tasks["run_benchmark__gpu-node-1"]
+    assert run["mapped"] and run["queue"] == "gpu-node-1" and run["pool"] == "moe_gpu"
+    assert run["retries"] == 1 and run["retry_policy"] == "ExceptionRetryPolicy"
+    assert run["timeout"] >= 3600  # the DEEPEP override's timeout, plus grace
+    assert tasks["analyze"]["trigger_rule"] == "all_done" and tasks["report"]["trigger_rule"] == "all_done"
+    assert tasks["analyze"]["upstream"] == ["run_benchmark__gpu-node-1"]
+    assert tasks["verdict"]["trigger_rule"] == "all_done" and "report" in tasks["verdict"]["upstream"]
+
+
+def test_a_bad_matrix_is_an_import_error_naming_the_field(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('backends = ["TORCH_ALLTOALL"]\nprofiles = ["gpt_oss"]\nep_sizes = [2]\n[sweep]\niters = "many"\n')
+    environment = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "airflow"), MOECOMM_MATRIX=str(bad))
+    result = subprocess.run([sys.executable, "-c", FACTS, str(DAGS)], capture_output=True, text=True, timeout=180,
+                            env=environment)
+    assert "matrix.sweep.iters: Input should be a valid integer" in result.stdout + result.stderr
+
+
+MATRIX = """
+backends = ["TORCH_ALLTOALL", "TORCH_ALLGATHER"]
+profiles = ["deepseek_v3", "gpt_oss"]
+ep_sizes = [2]
+timeout_s = 120
+kill_grace_s = 3
+retry_delay_s = 1
+retries = 1
+worker_args = ["--device", "cpu", "--hidden_size", "256"]
+
+[sweep]
+min = 16
+max = 32
+factor = 2
+iters = 4
+warmup = 1
+
+[launcher]
+oversubscribe = true
+
+# made to crash: no GPU here
+[[overrides]]
+backend = "TORCH_ALLTOALL"
+profile = "gpt_oss"
+extra_args = ["--device", "cuda"]
+
+# made to hang: far more iterations than its timeout allows
+[[overrides]]
+backend = "TORCH_ALLGATHER"
+profile = "gpt_oss"
+extra_args = ["--iters", "100000000"]
+timeout_s = 8
+"""
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict] = []
+
+    def do_POST(self):  # noqa: N802
+        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def webhook():
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    _Hook.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", _Hook.received
+    server.shutdown()
+
+
+def counts(engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar()
+                for t in ("run", "job", "measurement", "failure", "provenance", "skip")}
+
+
+def test_nightly_run_end_to_end_with_a_crash_and_a_hang(tmp_path, database_url, engine, webhook):
+    url, received = webhook
+    matrix = tmp_path / "matrix.toml"
+    matrix.write_text(MATRIX)
+    airflow_home = tmp_path / "airflow"
+    env = dict(os.environ, MOECOMM_DATABASE_URL=database_url, MOECOMM_FAILURE_WEBHOOK_URL=url)
+    argv = ["moecomm", "demo", "--matrix", str(matrix), "--logical-date", "2026-11-20T02:00:00+00:00",
+            "--airflow-home", str(airflow_home)]
+    first = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "DAG run manual__2026-11-20T02:00:00+00:00: failed" in first.stdout
+
+    with engine.connect() as conn:
+        jobs = {(r.profile, r.requested_backend): r for r in conn.execute(sa.text("SELECT * FROM job_summary"))}
+        provenance = conn.execute(sa.text("SELECT command, environment, hosts FROM provenance LIMIT 1")).one()
+        worker_failure = conn.execute(sa.text("SELECT excerpt FROM failure WHERE kind = 'worker'")).scalar()
+    assert {k: v.state for k, v in jobs.items()} == {
+        ("deepseek_v3", "TORCH_ALLTOALL"): "succeeded", ("deepseek_v3", "TORCH_ALLGATHER"): "succeeded",
+        ("gpt_oss", "TORCH_ALLTOALL"): "failed", ("gpt_oss", "TORCH_ALLGATHER"): "failed"}
+    assert {r.run_id for r in jobs.values()} == {"manual__2026-11-20T02:00:00+00:00"}
+    assert jobs[("deepseek_v3", "TORCH_ALLTOALL")].measurements == 2 * 2 * 2
+    assert jobs[("gpt_oss", "TORCH_ALLTOALL")].error.startswith("the benchmark exited with status")
+    assert "--device cuda was given but CUDA is not available" in worker_failure
+    assert jobs[("gpt_oss", "TORCH_ALLGATHER")].error.startswith("timed out after 8 s")
+    assert "mpirun" in provenance.command[0] and "--ep_size" in provenance.command and provenance.hosts
+    # No rank outlives its task.
+    assert not [p for p in psutil.process_iter(["cmdline"]) if any(str(airflow_home) in a for a in (p.info["cmdline"] or []))]
+    # Outputs are kept beside the task logs.
+    kept = airflow_home / "logs" / "moecomm" / "manual__2026-11-20T02_00_00_00_00"
+    assert sorted(p.name for p in kept.iterdir()) == sorted(
+        f"{b}-{p}-ep2" for b in ("TORCH_ALLTOALL", "TORCH_ALLGATHER") for p in ("deepseek_v3", "gpt_oss"))
+    assert (kept / "TORCH_ALLGATHER-gpt_oss-ep2" / "stdout.txt").read_text().startswith("{")
+    # The DAG-level failure notifier said which jobs failed.
+    assert received and received[0]["summary"]["states"] == {"failed": 2, "succeeded": 2}
+
+    before = counts(engine)
+    second = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert counts(engine) == before, "rerunning the same DAG run adds no rows"
