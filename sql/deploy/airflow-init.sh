@@ -1,0 +1,7 @@
+#!/bin/bash
+# Runs once per `docker compose up`: Airflow's metadata and the benchmark pool, and the results
+# schema (as the writer role).
+set -euo pipefail
+airflow db migrate
+airflow pools set moe_gpu 1 "moecomm: benchmark jobs running at once"
+moecomm db upgrade
