@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -63,7 +65,8 @@ def test_runs_trend_and_compare(cli_env, data_dir, capsys):
 
 
 def test_console_script_is_installed(cli_env):
-    result = subprocess.run(["moecomm", "db", "upgrade"], capture_output=True, text=True, timeout=120,
+    script = Path(sys.executable).parent / "moecomm"  # the environment's, activated or not
+    result = subprocess.run([str(script), "db", "upgrade"], capture_output=True, text=True, timeout=120,
                             env=dict(os.environ))
     assert result.returncode == 0, result.stderr
     assert "0 migration(s) applied" in result.stdout

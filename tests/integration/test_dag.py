@@ -147,7 +147,7 @@ def test_nightly_run_end_to_end_with_a_crash_and_a_hang(tmp_path, database_url, 
     matrix.write_text(MATRIX)
     airflow_home = tmp_path / "airflow"
     env = dict(os.environ, MOECOMM_DATABASE_URL=database_url, MOECOMM_FAILURE_WEBHOOK_URL=url)
-    argv = ["moecomm", "demo", "--matrix", str(matrix), "--logical-date", "2026-11-20T02:00:00+00:00",
+    argv = [str(Path(sys.executable).parent / "moecomm"), "demo", "--matrix", str(matrix), "--logical-date", "2026-11-20T02:00:00+00:00",
             "--airflow-home", str(airflow_home)]
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
