@@ -4,10 +4,10 @@ A series gives, per night, the slowest rank's mean time (a collective waits for 
 and the standard error of that mean inside the night (from the iterations' spread, when
 `--iter_stats` was on). The detector scans the nights in order, as the nightly run sees them:
 
-* the baseline is the nights since the last change; the noise between nights is estimated
-  robustly from the successive differences of the recent history (a level shift moves only one
-  of them); each night's deviation from the baseline's median is scaled by that noise combined
-  with the night's own standard error;
+* the baseline is the nights since the last change, its level a trimmed mean; the noise between
+  nights is estimated robustly from the successive differences of the recent history (a level
+  shift or a spike moves only one or two of them); each night's deviation from the baseline is
+  scaled by that noise combined with the night's own standard error;
 * a change is a *sustained* shift: the mean deviation of the last L nights (L = 2 ..
   `max_window`), each clipped to ± `clip`, must exceed `threshold` times its own spread (the
   window's noise and the uncertainty of the baseline's median). Clipping bounds what one night
@@ -56,11 +56,24 @@ class Change:
 
 
 def _noise(history: np.ndarray, level: float, params: Params) -> float:
-    """Between-night noise from successive differences (a level shift moves only one of them)."""
+    """Between-night noise from successive differences (a level shift moves only one of them):
+    their standard deviation once differences beyond 3 MADs (spikes, shifts) are set aside."""
     if len(history) < 3:
         return params.min_noise * level
-    mad = float(np.median(np.abs(np.diff(history)))) * MAD_TO_SIGMA / math.sqrt(2.0)
-    return max(mad, params.min_noise * level)
+    diffs = np.diff(history)
+    centre = float(np.median(diffs))
+    mad = float(np.median(np.abs(diffs - centre))) * MAD_TO_SIGMA
+    kept = diffs[np.abs(diffs - centre) <= 3.0 * mad] if mad > 0 else diffs
+    sigma = float(np.std(kept)) / math.sqrt(2.0) if len(kept) > 1 else mad / math.sqrt(2.0)
+    return max(sigma, params.min_noise * level)
+
+
+def _level(baseline: np.ndarray) -> float:
+    """The baseline's trimmed mean (a fifth, and at least one night, off each end): nearly as
+    precise as the mean, unmoved by a spike."""
+    ordered = np.sort(baseline)
+    cut = max(1, int(len(ordered) * 0.2)) if len(ordered) >= 3 else 0
+    return float(ordered[cut:len(ordered) - cut].mean())
 
 
 def _confidence(score: float, tests: int) -> float:
@@ -83,12 +96,12 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             if first_bad - start < params.min_baseline or first_bad < params.min_history:
                 break
             base = x[max(start, first_bad - params.baseline_window):first_bad]
-            level = float(np.median(base))
+            level = _level(base)
             sigma = _noise(x[max(0, first_bad - params.noise_window):first_bad], level, params)
             z = (x[first_bad:t + 1] - level) / np.sqrt(sigma ** 2 + se[first_bad:t + 1] ** 2)
             # The mean clipped deviation, against its spread: the window's own noise plus the
-            # uncertainty of the baseline's median (pi/2 sigma^2 / n).
-            spread = math.sqrt(1.0 / window + (math.pi / 2) / len(base))
+            # uncertainty of the baseline's level (about 1.2 sigma^2 / n for this trimmed mean).
+            spread = math.sqrt(1.0 / window + 1.2 / len(base))
             for sign in (1.0, -1.0):
                 signed = np.sort(sign * z)
                 evidence = float(np.clip(signed, -params.clip, params.clip).mean()) / spread
@@ -102,8 +115,7 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             t += 1
             continue
         signed, first_bad = best
-        base = x[max(start, first_bad - params.baseline_window):first_bad]
-        level = float(np.median(base))
+        level = _level(x[max(start, first_bad - params.baseline_window):first_bad])
         after = float(np.median(x[first_bad:t + 1]))
         changes.append(Change(
             first_bad=first_bad, last_good=first_bad - 1, detected_at=t,

@@ -72,7 +72,8 @@ def test_sbatch_script_quotes_every_value(tmp_path):
 
 def test_sbatch_run_keeps_its_logs(tmp_path, monkeypatch):
     """Slurm cannot run here: sbatch, srun and scancel are test doubles (tests/fakes/slurm)."""
-    monkeypatch.setenv("PATH", f"{FAKE_SLURM}{os.pathsep}{os.environ['PATH']}")
+    # The doubles are Python scripts: run them with this environment's python3.
+    monkeypatch.setenv("PATH", os.pathsep.join([str(FAKE_SLURM), str(Path(sys.executable).parent), os.environ["PATH"]]))
     monkeypatch.setenv("FAKE_SLURM_LOG", str(tmp_path / "slurm.log"))
     config = matrix(launcher={"kind": "slurm", "slurm": {"mode": "sbatch"}})
     spec = launch.build(config, config.jobs()[0], tmp_path / "job")
@@ -86,7 +87,8 @@ def test_sbatch_run_keeps_its_logs(tmp_path, monkeypatch):
 
 def test_a_hung_sbatch_job_is_cancelled(tmp_path, monkeypatch):
     """Slurm cannot run here: sbatch, srun and scancel are test doubles (tests/fakes/slurm)."""
-    monkeypatch.setenv("PATH", f"{FAKE_SLURM}{os.pathsep}{os.environ['PATH']}")
+    # The doubles are Python scripts: run them with this environment's python3.
+    monkeypatch.setenv("PATH", os.pathsep.join([str(FAKE_SLURM), str(Path(sys.executable).parent), os.environ["PATH"]]))
     monkeypatch.setenv("FAKE_SLURM_LOG", str(tmp_path / "slurm.log"))
     config = matrix(launcher={"kind": "slurm", "slurm": {"mode": "sbatch"}}, timeout_s=6, kill_grace_s=2,
                     worker_args=SMALL + ["--iters", "100000000"])
