@@ -62,7 +62,8 @@ def plan(matrix: Matrix, params: dict[str, Any] | None) -> dict[str, list[dict[s
 def expected_header(program: list[str], job: Job) -> RunHeader:
     """The run header the benchmark would have printed, from its own command line (for a job that
     died before printing one)."""
-    args = build_parser().parse_args(program[program.index("--ep_size"):])
+    # parse_known_args: an upstream script may take flags our worker does not know.
+    args, _unknown = build_parser().parse_known_args(program[program.index("--ep_size"):])
     shape = resolve(args, job.ep_size)
     return RunHeader(
         profile=args.profile, ep_size=job.ep_size, hidden_size=shape.hidden_size, top_k=shape.top_k,

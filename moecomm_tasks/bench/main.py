@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from moecomm_tasks.bench import ranks as ranks_mod
-from moecomm_tasks.bench.args import REFERENCE_BACKENDS, TRTLLM_BACKENDS, ALL_BACKENDS, Shape, build_parser, resolve
+from moecomm_tasks.bench.args import TRTLLM_BACKENDS, ALL_BACKENDS, Shape, build_parser, resolve
 from moecomm_tasks.bench.reference import REFERENCE
 from moecomm_tasks.bench.timing import PhaseTimes, stats, time_copy, time_phases
 from moecomm_tasks.bench.trtllm import TrtllmBackend, load_api

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from moecomm_tasks import launch
-from moecomm_tasks.matrix import Job, parse_matrix
+from moecomm_tasks.matrix import parse_matrix
 from moecomm_tasks.parse import parse_paths
 
 pytestmark = pytest.mark.integration
