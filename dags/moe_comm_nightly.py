@@ -71,9 +71,10 @@ def moe_comm_nightly():
 
     @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
     def analyze(dag_run=None) -> dict:
-        from moecomm_tasks import db, nightly
+        from moecomm_tasks import alerts, db, nightly
 
-        return nightly.run_summary(db.make_engine(), dag_run.run_id)
+        engine = db.make_engine()
+        return {**nightly.run_summary(engine, dag_run.run_id), "new_alerts": alerts.run_detection(engine)}
 
     @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
     def report(dag_run=None) -> str:

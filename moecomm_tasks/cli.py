@@ -8,6 +8,7 @@ what to do).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from datetime import datetime
@@ -156,6 +157,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    from moecomm_tasks import alerts
+
+    raised = alerts.run_detection(_engine())
+    if args.format == "json":
+        print(json.dumps(raised, indent=2, default=str))
+    else:
+        _table(f"{len(raised)} new alert(s)", ["id", "direction", "change %", "confidence", "backend", "profile", "ep",
+                                                "size", "op", "last good", "first bad"],
+               [(a["alert_id"], a["direction"], a["change_pct"], a["confidence"], a["backend"], a["profile"],
+                 a["ep_size"], a["local_batch_size"], a["op"], a["last_good_run_id"], a["first_bad_run_id"])
+                for a in raised])
+    return EXIT_OK
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from moecomm_tasks import alerts
+
+    engine = _engine()
+    if args.action == "list":
+        rows = alerts.list_alerts(engine, args.state)
+        _table(None, ["id", "state", "direction", "change %", "confidence", "backend", "profile", "ep", "size", "op",
+                      "gpu", "last good", "first bad", "note"], rows)
+        return EXIT_OK
+    if args.id is None:
+        raise MoecommError(f"moecomm alerts {args.action} needs an alert id")
+    state = {"ack": "acknowledged", "resolve": "resolved", "mute": "muted"}[args.action]
+    alerts.set_state(engine, args.id, state, args.note)
+    console.print(f"alert {args.id}: {state}")
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from moecomm_tasks import demo
 
@@ -210,6 +243,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("detect", help="detect changes in the stored history; print the new alerts")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_detect)
+
+    p = sub.add_parser("alerts", help="list alerts, or acknowledge, resolve or mute one")
+    p.add_argument("action", choices=["list", "ack", "resolve", "mute"])
+    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("--state", choices=["open", "acknowledged", "resolved", "muted"], help="with list: only this state")
+    p.add_argument("--note", help="with ack, resolve or mute: why")
+    p.set_defaults(func=cmd_alerts)
 
     p = sub.add_parser("demo", help="the main job: the nightly DAG once, on this machine (see README)")
     p.add_argument("--matrix", help="a matrix file or a shipped matrix's name (default: MOECOMM_MATRIX, else cpu)")

@@ -1,0 +1,102 @@
+"""Detection over the stored history, and the alerts' lifecycle (open, acknowledged, resolved,
+muted). Reads the public views; writes only the `alert` table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from moecomm_tasks.detect import Params, detect
+from moecomm_tasks.errors import MoecommError
+
+SERIES = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "op", "gpu_model")
+PROVENANCE_FIELDS = ("gpu_model", "driver_version", "cuda_version", "nccl_version", "torch_version",
+                     "trtllm_version", "trtllm_commit")
+STATES = ("open", "acknowledged", "resolved", "muted")
+
+
+def _history(engine: Engine) -> dict[tuple, list[sa.Row]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("""
+            SELECT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
+                   COALESCE(gpu_model, '') AS gpu_model, run_id, run_at, slowest_rank_us, slowest_rank,
+                   within_night_stdev_us, job_key
+            FROM nightly_series WHERE NOT excluded
+            ORDER BY backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, run_at, run_id
+        """)).all()
+    series: dict[tuple, list[sa.Row]] = defaultdict(list)
+    for row in rows:
+        series[tuple(getattr(row, k) for k in SERIES)].append(row)
+    return series
+
+
+def _provenance(conn: sa.Connection, run_id: str, job_key: str) -> dict[str, Any]:
+    row = conn.execute(sa.text(f"""
+        SELECT {', '.join('p.' + f for f in PROVENANCE_FIELDS)}
+        FROM provenance p JOIN job j USING (job_pk) JOIN run r USING (run_pk)
+        WHERE r.run_id = :run AND j.job_key = :key"""), {"run": run_id, "key": job_key}).first()
+    return dict(row._mapping) if row else {}
+
+
+def run_detection(engine: Engine, params: Params = Params()) -> list[dict[str, Any]]:
+    """Detect changes in every series' history; store the new ones; return them (oldest first)."""
+    raised = []
+    with engine.begin() as conn:
+        for key, nights in _history(engine).items():
+            values = [n.slowest_rank_us for n in nights]
+            # The within-night standard error of a mean of ~200 iterations, where known.
+            stderr = [(n.within_night_stdev_us or 0.0) / 200 ** 0.5 for n in nights]
+            for change in detect(values, stderr, params):
+                good, bad = nights[change.last_good], nights[change.first_bad]
+                before = _provenance(conn, good.run_id, good.job_key)
+                after = _provenance(conn, bad.run_id, bad.job_key)
+                diff = {f: [before.get(f), after.get(f)] for f in PROVENANCE_FIELDS if before.get(f) != after.get(f)}
+                row = conn.execute(sa.text("""
+                    INSERT INTO alert (backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model,
+                                       direction, change_pct, confidence, baseline_us, after_us,
+                                       last_good_run_id, first_bad_run_id, detected_run_id, provenance_diff)
+                    VALUES (:backend, :profile, :ep_size, :quant_algo, :local_batch_size, :op, :gpu_model,
+                            :direction, :change_pct, :confidence, :baseline, :after, :good, :bad, :detected,
+                            CAST(:diff AS jsonb))
+                    ON CONFLICT ON CONSTRAINT alert_change_key DO NOTHING
+                    RETURNING alert_pk"""), {
+                    **dict(zip(SERIES, key)), "direction": change.direction, "change_pct": change.change_pct,
+                    "confidence": change.confidence, "baseline": change.baseline, "after": change.after,
+                    "good": good.run_id, "bad": bad.run_id, "detected": nights[change.detected_at].run_id,
+                    "diff": json.dumps(diff, default=str),
+                }).first()
+                if row is not None:
+                    raised.append({
+                        "alert_id": row.alert_pk, **dict(zip(SERIES, key)), "direction": change.direction,
+                        "change_pct": round(change.change_pct, 3), "confidence": round(change.confidence, 4),
+                        "baseline_us": change.baseline, "after_us": change.after,
+                        "last_good_run_id": good.run_id, "first_bad_run_id": bad.run_id,
+                        "provenance_diff": diff,
+                    })
+    return raised
+
+
+def list_alerts(engine: Engine, state: str | None = None) -> list[sa.Row]:
+    where = "WHERE state = :state" if state else ""
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(f"""
+            SELECT alert_pk AS id, state, direction, round(change_pct::numeric, 2) AS change_pct,
+                   round(confidence::numeric, 4) AS confidence, backend, profile, ep_size, local_batch_size, op,
+                   gpu_model, last_good_run_id, first_bad_run_id, state_note
+            FROM alert {where} ORDER BY created_at DESC, alert_pk DESC"""), {"state": state}))
+
+
+def set_state(engine: Engine, alert_id: int, state: str, note: str | None = None) -> None:
+    if state not in STATES:
+        raise MoecommError(f"unknown state {state!r} ({', '.join(STATES)})")
+    with engine.begin() as conn:
+        updated = conn.execute(sa.text(
+            "UPDATE alert SET state = :state, state_note = COALESCE(:note, state_note), updated_at = now() "
+            "WHERE alert_pk = :id"), {"state": state, "note": note, "id": alert_id}).rowcount
+    if not updated:
+        raise MoecommError(f"no alert {alert_id} (see: moecomm alerts list)")
