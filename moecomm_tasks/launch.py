@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -40,7 +40,6 @@ class LaunchSpec:
     timeout_s: float
     kill_grace_s: float
     cancel_argv: list[str] | None = None
-    files: list[Path] = field(default_factory=list)
 
     @property
     def stdout(self) -> Path:
@@ -126,7 +125,6 @@ def build(matrix: Matrix, job: Job, artifacts: Path, base_env: dict[str, str] | 
     env.setdefault("PYTHONUNBUFFERED", "1")
     launcher = matrix.launcher
     cancel = None
-    files: list[Path] = []
     if launcher.kind == "local":
         ranks = 1 if (matrix.benchmark.kind == "upstream" and matrix.benchmark.upstream_launch == "spawn") else job.ep_size
         exported = [arg for key in sorted(knobs) for arg in ("-x", key)]
@@ -138,11 +136,10 @@ def build(matrix: Matrix, job: Job, artifacts: Path, base_env: dict[str, str] | 
     else:
         script = artifacts / "job.sbatch"
         script.write_text(_sbatch_script(matrix, job, program, knobs, artifacts))
-        files.append(script)
         argv = ["sbatch", "--wait", "--parsable", str(script)]
         cancel = ["scancel", f"--name=moecomm-{job.name}"]
     spec = LaunchSpec(argv=argv, env=env, knobs=knobs, program=program, artifacts=artifacts,
-                      timeout_s=job.timeout_s, kill_grace_s=matrix.kill_grace_s, cancel_argv=cancel, files=files)
+                      timeout_s=job.timeout_s, kill_grace_s=matrix.kill_grace_s, cancel_argv=cancel)
     (artifacts / "command.json").write_text(json.dumps({"argv": argv, "environment": knobs}, indent=2))
     return spec
 
