@@ -106,13 +106,13 @@ def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: 
     if error:
         state = "partial" if measured else "failed"
     script = matrix.benchmark.script if matrix.benchmark.kind == "upstream" else None
+    host = provenance.host_provenance(script)
+    launched = {"command": spec.argv, "environment": spec.knobs, "launcher": matrix.launcher.kind,
+                "queue": job.queue, "artifacts": str(artifacts)}
     states = []
     for parsed_job in parsed.jobs:
         reported = dict(parsed_job.header.extra.get("provenance") or {})
-        merged = provenance.merge(provenance.host_provenance(script), reported, {
-            "command": spec.argv, "environment": spec.knobs, "launcher": matrix.launcher.kind,
-            "queue": job.queue, "artifacts": str(artifacts),
-        })
+        merged = provenance.merge(host, reported, launched)
         loaded = store.load(engine, ParsedOutput(jobs=(parsed_job,), dropped=parsed.dropped, failures=parsed.failures),
                             run_id, run_at, provenance=merged, state=state, error=error)
         states += [j.state for j in loaded.jobs]
