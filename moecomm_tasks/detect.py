@@ -31,14 +31,17 @@ MAD_TO_SIGMA = 1.4826
 
 @dataclass(frozen=True)
 class Params:
-    threshold: float = 4.0      # evidence, in standard deviations of the window's mean deviation
-    clip: float = 4.0           # the most one night can count, in noise units
-    min_night: float = 1.0      # each night of a change (but one, in windows over 3) moves this much
+    threshold: float = 2.95     # evidence needed over `max_window` nights, in standard deviations
+    short_extra: float = 0.6    # more evidence needed over 2 nights (linear in between)
+    clip: float = 2.2           # the most one night can count, in noise units
+    gate: float = 7.0           # nights this far from the rest of their window are left out
+    min_night: float = 1.0      # in windows of 2-3 nights, every night must move at least this much
     max_window: int = 7         # nights after a change within which it must be found
     min_baseline: int = 5       # nights of baseline (since the last change) before anything is tested
-    min_history: int = 14       # nights of history before anything is tested (to know the noise)
-    baseline_window: int = 21   # nights of baseline used at most for its level
+    min_history: int = 21       # nights of history before anything is tested (to know the noise)
+    baseline_window: int = 60   # nights of baseline used at most for its level
     noise_window: int = 60      # nights used at most to estimate the noise between nights
+    direct_noise_nights: int = 20  # with this many nights since the last change, noise is their spread
     min_noise: float = 0.002    # floor of the between-night noise, as a fraction of the level
     min_change: float = 0.005   # changes smaller than this fraction are not reported
 
@@ -57,7 +60,8 @@ class Change:
 
 def _noise(history: np.ndarray, level: float, params: Params) -> float:
     """Between-night noise from successive differences (a level shift moves only one of them):
-    their standard deviation once differences beyond 3 MADs (spikes, shifts) are set aside."""
+    their standard deviation once differences beyond 3 MADs (spikes, shifts) are set aside. It
+    includes the nights' usual within-night error."""
     if len(history) < 3:
         return params.min_noise * level
     diffs = np.diff(history)
@@ -68,12 +72,55 @@ def _noise(history: np.ndarray, level: float, params: Params) -> float:
     return max(sigma, params.min_noise * level)
 
 
+def _biweight_sigma(values: np.ndarray) -> float:
+    """Tukey's biweight midvariance, as a standard deviation: nearly as efficient as the standard
+    deviation on normal data, unmoved by a few spikes or bimodal nights."""
+    centre = float(np.median(values))
+    mad = float(np.median(np.abs(values - centre)))
+    if mad == 0:
+        return 0.0
+    u = (values - centre) / (9.0 * mad)
+    inside = np.abs(u) < 1.0
+    d, w = (values - centre)[inside], u[inside] ** 2
+    denominator = float(np.sum((1.0 - w) * (1.0 - 5.0 * w)))
+    return math.sqrt(len(values) * float(np.sum(d ** 2 * (1.0 - w) ** 4))) / abs(denominator)
+
+
 def _level(baseline: np.ndarray) -> float:
     """The baseline's trimmed mean (a fifth, and at least one night, off each end): nearly as
     precise as the mean, unmoved by a spike."""
     ordered = np.sort(baseline)
     cut = max(1, int(len(ordered) * 0.2)) if len(ordered) >= 3 else 0
     return float(ordered[cut:len(ordered) - cut].mean())
+
+
+def _drop_outlier_nights(z: np.ndarray, params: Params) -> np.ndarray | None:
+    """The window's nights without those unlike the rest of it (further than the gate from the
+    window's median: a spike, an outlier night), or None when what is left cannot tell a step
+    from spikes (fewer than three nights, some of them beyond the gate: two nights far out are as
+    likely two spikes as a step, and a step that large shows on every night after it)."""
+    kept = z[np.abs(z - np.median(z)) <= params.gate]
+    if len(kept) < 2 or (len(kept) < 3 and np.any(np.abs(kept) > params.gate)):
+        return None
+    return kept
+
+
+def _locate(x: np.ndarray, start: int, t: int, found: int, sign: float, sigma: float, params: Params) -> int:
+    """Where the change found by the window starting at `found` begins: the night, among those
+    the windows reach, after which the nights sit furthest from the baseline before them (the
+    mean deviation times the square root of the count, unclipped but without nights further than
+    the gate beyond the nights' median: spikes). Clipping, which keeps spikes from raising alarms, would otherwise favour
+    windows that reach back over the last good nights."""
+    earliest = max(start + params.min_baseline, params.min_history, t - params.max_window + 1)
+    level = _level(x[max(start, earliest - params.baseline_window):earliest])
+    best_score, best_at = -math.inf, found
+    for first_bad in range(earliest, t):
+        deviation = sign * (x[first_bad:t + 1] - level)
+        kept = deviation[deviation <= params.gate * sigma + max(float(np.median(deviation)), 0.0)]  # no spikes
+        score = float(kept.mean()) * math.sqrt(len(kept)) if len(kept) else -math.inf
+        if score > best_score:
+            best_score, best_at = score, first_bad
+    return best_at
 
 
 def _confidence(score: float, tests: int) -> float:
@@ -97,31 +144,42 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
                 break
             base = x[max(start, first_bad - params.baseline_window):first_bad]
             level = _level(base)
-            sigma = _noise(x[max(0, first_bad - params.noise_window):first_bad], level, params)
-            z = (x[first_bad:t + 1] - level) / np.sqrt(sigma ** 2 + se[first_bad:t + 1] ** 2)
+            recent = slice(max(0, first_bad - params.noise_window), first_bad)
+            if len(base) >= params.direct_noise_nights:  # enough nights since the last change
+                sigma = max(_biweight_sigma(base), params.min_noise * level)
+            else:
+                sigma = _noise(x[recent], level, params)
+            # A night less certain than usual (its iterations spread more) weighs less.
+            usual = float(np.median(se[recent] ** 2))
+            z = (x[first_bad:t + 1] - level) / np.sqrt(sigma ** 2 + np.maximum(se[first_bad:t + 1] ** 2 - usual, 0.0))
+            z = _drop_outlier_nights(z, params)
+            if z is None:
+                continue
             # The mean clipped deviation, against its spread: the window's own noise plus the
             # uncertainty of the baseline's level (about 1.2 sigma^2 / n for this trimmed mean).
-            spread = math.sqrt(1.0 / window + 1.2 / len(base))
+            spread = math.sqrt(1.0 / len(z) + 1.2 / len(base))
             for sign in (1.0, -1.0):
                 signed = np.sort(sign * z)
                 evidence = float(np.clip(signed, -params.clip, params.clip).mean()) / spread
                 shift = sign * (float(np.median(x[first_bad:t + 1])) - level) / level
-                # Sustained: every night of a short window (all but one of a longer one) moved.
-                consistent = signed[0 if window <= 3 else 1] > params.min_night
-                if evidence > params.threshold and consistent and shift >= params.min_change:
+                # Sustained: every night of a short window moved (longer ones rest on the clipping).
+                consistent = len(z) > 3 or signed[0] > params.min_night
+                needed = params.threshold + params.short_extra * (params.max_window - window) / (params.max_window - 2)
+                if evidence > needed and consistent and shift >= params.min_change:
                     if best is None or evidence > best[0]:
-                        best = (evidence * sign, first_bad)
+                        best = (evidence * sign, first_bad, sigma)
         if best is None:
             t += 1
             continue
-        signed, first_bad = best
+        evidence, direction = abs(best[0]), math.copysign(1.0, best[0])
+        first_bad = _locate(x, start, t, best[1], direction, best[2], params)
         level = _level(x[max(start, first_bad - params.baseline_window):first_bad])
         after = float(np.median(x[first_bad:t + 1]))
         changes.append(Change(
             first_bad=first_bad, last_good=first_bad - 1, detected_at=t,
-            direction="regression" if signed > 0 else "improvement",
+            direction="regression" if direction > 0 else "improvement",
             change_pct=100.0 * (after - level) / level,
-            confidence=_confidence(abs(signed), 2 * (params.max_window - 1)),
+            confidence=_confidence(evidence, 2 * (params.max_window - 1)),
             baseline=level, after=after,
         ))
         start = first_bad

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from moecomm_tasks.detect import Params, detect
 
-# Sixteen nights around 100 µs with about 1% noise.
-FLAT = [100.0, 101.0, 99.0, 100.5, 99.5, 100.0, 101.2, 98.9, 100.3, 99.7, 100.8, 99.2, 100.1, 99.9, 100.4, 99.6]
+# Twenty-four nights around 100 µs with about 1% noise (the detector needs 21 before it tests).
+FLAT = [100.0, 101.0, 99.0, 100.5, 99.5, 100.0, 101.2, 98.9, 100.3, 99.7, 100.8, 99.2, 100.1, 99.9, 100.4, 99.6,
+        100.9, 99.1, 100.2, 99.8, 101.1, 98.8, 100.6, 99.4]
+N = len(FLAT)
 
 
 def test_a_flat_series_has_no_change():
@@ -15,15 +17,15 @@ def test_a_flat_series_has_no_change():
 def test_a_sustained_step_is_found_at_its_first_night():
     series = FLAT + [105.2, 104.6, 105.5, 104.9]
     (change,) = detect(series)
-    assert (change.last_good, change.first_bad) == (15, 16)
-    assert change.detected_at == 17  # the second night after the step confirms it
+    assert (change.last_good, change.first_bad) == (N - 1, N)
+    assert change.detected_at == N + 2  # three nights confirm it: two could be two spikes
     assert change.direction == "regression" and 4.0 < change.change_pct < 6.0
     assert change.confidence > 0.99
 
 
 def test_an_improvement_is_reported_as_such():
     (change,) = detect(FLAT + [94.8, 95.3, 95.1])
-    assert change.direction == "improvement" and change.first_bad == 16 and change.change_pct < -4.0
+    assert change.direction == "improvement" and change.first_bad == N and change.change_pct < -4.0
 
 
 def test_a_one_night_spike_is_ignored():
@@ -31,9 +33,23 @@ def test_a_one_night_spike_is_ignored():
 
 
 def test_two_steps_are_two_changes():
-    series = FLAT + [105.0, 105.4, 104.8, 105.2, 105.1, 104.9, 105.3, 95.0, 95.2, 94.8]
+    series = FLAT + [105.0, 105.4, 104.8, 105.2, 105.1, 104.9, 105.3, 95.0, 95.2, 94.8, 95.1]
     changes = detect(series)
-    assert [(c.first_bad, c.direction) for c in changes] == [(16, "regression"), (23, "improvement")]
+    assert [(c.first_bad, c.direction) for c in changes] == [(N, "regression"), (N + 7, "improvement")]
+
+
+def test_two_one_night_spikes_in_a_row_are_not_a_change():
+    assert detect(FLAT + [125.0, 123.0, 100.2, 99.8, 100.5]) == []
+
+
+def test_a_large_step_is_found_once_three_nights_show_it():
+    (change,) = detect(FLAT + [125.0, 124.0, 126.0, 125.5])
+    assert change.first_bad == N and change.detected_at == N + 2 and 20.0 < change.change_pct < 30.0
+
+
+def test_a_quarantined_night_can_simply_be_left_out():
+    # The caller leaves excluded runs out of the series; the rest must still be found.
+    assert detect(FLAT + [104.8, 105.3, 105.1])[0].first_bad == N
 
 
 def test_nothing_is_tested_before_enough_history():
@@ -43,8 +59,8 @@ def test_nothing_is_tested_before_enough_history():
 def test_within_night_noise_lowers_confidence():
     series = FLAT + [102.5, 102.8, 102.4, 102.6, 102.7]
     quiet = detect(series)
-    noisy = detect(series, stderr=[0.0] * 16 + [3.0] * 5)
-    assert quiet and quiet[0].first_bad == 16
+    noisy = detect(series, stderr=[0.0] * N + [3.0] * 5)
+    assert quiet and quiet[0].first_bad == N
     assert noisy == [] or noisy[0].confidence < quiet[0].confidence
 
 
