@@ -71,10 +71,13 @@ def moe_comm_nightly():
 
     @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
     def analyze(dag_run=None) -> dict:
-        from moecomm_tasks import alerts, db, nightly
+        from moecomm_tasks import alerts, db, nightly, notify
 
         engine = db.make_engine()
-        return {**nightly.run_summary(engine, dag_run.run_id), "new_alerts": alerts.run_detection(engine)}
+        new_alerts = alerts.run_detection(engine)
+        # One digest per run; nothing is sent when nothing is new. A channel's failure is logged.
+        sent = notify.send_digest(notify.build_digest(dag_run.run_id, new_alerts))
+        return {**nightly.run_summary(engine, dag_run.run_id), "new_alerts": new_alerts, "notified": sent}
 
     @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
     def report(dag_run=None) -> str:

@@ -24,7 +24,8 @@ def _history(engine: Engine) -> dict[tuple, list[sa.Row]]:
     with engine.connect() as conn:
         rows = conn.execute(sa.text("""
             SELECT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
-                   COALESCE(gpu_model, '') AS gpu_model, run_id, run_at, slowest_rank_us, slowest_rank,
+                   COALESCE(gpu_model, '') AS gpu_model, run_id, run_at,
+                   COALESCE(slowest_rank_median_us, slowest_rank_us) AS night_us, slowest_rank,
                    within_night_stdev_us, job_key
             FROM nightly_series WHERE NOT excluded
             ORDER BY backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, run_at, run_id
@@ -48,8 +49,9 @@ def run_detection(engine: Engine, params: Params = Params()) -> list[dict[str, A
     raised = []
     with engine.begin() as conn:
         for key, nights in _history(engine).items():
-            values = [n.slowest_rank_us for n in nights]
-            # The within-night standard error of a mean of ~200 iterations, where known.
+            # The slowest rank's median (its mean without --iter_stats), and the within-night
+            # standard error of ~200 iterations where known.
+            values = [n.night_us for n in nights]
             stderr = [(n.within_night_stdev_us or 0.0) / 200 ** 0.5 for n in nights]
             for change in detect(values, stderr, params):
                 good, bad = nights[change.last_good], nights[change.first_bad]
@@ -100,3 +102,13 @@ def set_state(engine: Engine, alert_id: int, state: str, note: str | None = None
             "WHERE alert_pk = :id"), {"state": state, "note": note, "id": alert_id}).rowcount
     if not updated:
         raise MoecommError(f"no alert {alert_id} (see: moecomm alerts list)")
+
+
+def set_excluded(engine: Engine, run_id: str, reason: str | None) -> None:
+    """Quarantine a run (detection skips it) with a reason, or bring it back (reason None)."""
+    with engine.begin() as conn:
+        updated = conn.execute(sa.text(
+            "UPDATE run SET excluded = :excluded, excluded_reason = :reason WHERE run_id = :run"),
+            {"excluded": reason is not None, "reason": reason, "run": run_id}).rowcount
+    if not updated:
+        raise MoecommError(f"no run {run_id!r} (see: moecomm runs)")

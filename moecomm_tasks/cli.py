@@ -119,6 +119,14 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from moecomm_tasks import alerts
+
+    if args.action in ("exclude", "include"):
+        if not args.run_id or (args.action == "exclude" and not args.reason):
+            raise MoecommError("usage: moecomm runs exclude RUN_ID --reason TEXT | moecomm runs include RUN_ID")
+        alerts.set_excluded(_engine(), args.run_id, args.reason if args.action == "exclude" else None)
+        console.print(f"run {args.run_id}: " + (f"excluded ({args.reason})" if args.action == "exclude" else "included"))
+        return EXIT_OK
     rows = query.runs(_engine(), args.limit)
     _table(None, ["run_id", "run_at", "jobs", "succeeded", "partial", "failed", "measurements"], rows)
     return EXIT_OK
@@ -161,6 +169,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from moecomm_tasks import alerts
 
     raised = alerts.run_detection(_engine())
+    if args.notify:
+        from moecomm_tasks import notify
+
+        outcome = notify.send_digest(notify.build_digest(args.notify, raised))
+        err_console.print(f"notifications: {outcome or 'nothing new, nothing sent'}")
     if args.format == "json":
         print(json.dumps(raised, indent=2, default=str))
     else:
@@ -192,7 +205,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from moecomm_tasks import demo
 
-    return demo.run(args)
+    return demo.regression(args) if args.regression else demo.run(args)
 
 
 def cmd_samples(args: argparse.Namespace) -> int:
@@ -226,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-at", help="ISO-8601 time with a zone (default: now)")
     p.set_defaults(func=cmd_load)
 
-    p = sub.add_parser("runs", help="list runs, newest first")
+    p = sub.add_parser("runs", help="list runs, newest first; or exclude (quarantine) a run from detection")
+    p.add_argument("action", nargs="?", choices=["list", "exclude", "include"], default="list")
+    p.add_argument("run_id", nargs="?")
+    p.add_argument("--reason", help="with exclude: why the run is not to be trusted")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_runs)
 
@@ -246,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="detect changes in the stored history; print the new alerts")
     p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--notify", metavar="TITLE", help="send the new alerts as one digest under this title (a run id) "
+                                                     "to the channels configured in the environment (see README)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("alerts", help="list alerts, or acknowledge, resolve or mute one")
@@ -259,6 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--matrix", help="a matrix file or a shipped matrix's name (default: MOECOMM_MATRIX, else cpu)")
     p.add_argument("--logical-date", help="ISO-8601 time with a zone; the same one reruns the same DAG run")
     p.add_argument("--airflow-home", help="default: $MOECOMM_HOME/airflow")
+    p.add_argument("--regression", action="store_true",
+                   help="instead: measure 24 real nights, the last 3 made slower by --extra_combine_passes, and "
+                        "show the detector's alert (about 2 minutes)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("samples", help="load the recorded H100 runs shipped with moecomm and print their trends")

@@ -105,3 +105,61 @@ def load_samples(args: argparse.Namespace) -> int:
                       f"{result.measurements} measurements, {len(result.jobs)} jobs", markup=False)
     print_trend_table(engine, query.SeriesFilter(gpu_model="NVIDIA H100 80GB HBM3"), last=len(runs))
     return 0
+
+
+REGRESSION_NIGHTS, REGRESSION_BAD_NIGHTS, REGRESSION_PASSES = 21, 3, 6
+
+
+def regression_nights(engine, *, nights: int = REGRESSION_NIGHTS, bad_nights: int = REGRESSION_BAD_NIGHTS,
+                      passes: int = REGRESSION_PASSES, start: datetime | None = None,
+                      timeout_s: float = 120.0, progress=None) -> list[str]:
+    """Measure a history for real and make it slower for real: `nights` runs of the worker (2 ranks
+    under mpirun, TORCH_ALLTOALL, gpt_oss, 128 tokens, `--iter_stats`), then `bad_nights` runs
+    with `--extra_combine_passes passes` (real extra passes over the combine output), each loaded
+    as one night. Returns the run ids, oldest first."""
+    import subprocess
+    import sys
+    import tempfile
+    from datetime import timedelta
+
+    from moecomm_tasks import mpi
+
+    start = start or datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc)
+    stamp = start.strftime("%Y%m%d")
+    run_ids = []
+    for index in range(nights + bad_nights):
+        extra = ["--extra_combine_passes", str(passes)] if index >= nights else []
+        with tempfile.TemporaryDirectory(prefix="moecomm-regression-") as tmp:
+            out = Path(tmp) / "report.json"
+            program = [sys.executable, "-m", "moecomm_tasks.bench", "--ep_size", "2", "--device", "cpu",
+                       "--backend", "TORCH_ALLTOALL", "--profile", "gpt_oss", "-b", "128", "-e", "128",
+                       "--iters", "60", "--warmup", "5", "--iter_stats", "--output_file", str(out), *extra]
+            done = subprocess.run(mpi.mpirun_argv(2, program), env=mpi.mpirun_env(), capture_output=True,
+                                  text=True, timeout=timeout_s, check=False)
+            if done.returncode != 0:
+                raise MoecommError(f"the worker failed (exit {done.returncode}): {done.stderr[-2000:]}")
+            run_id = f"regression-demo-{stamp}-{index:02d}"
+            store.load(engine, parse.parse_paths([out]), run_id, start + timedelta(days=index))
+            run_ids.append(run_id)
+        if progress:
+            progress(index + 1, nights + bad_nights)
+    return run_ids
+
+
+def regression(args: argparse.Namespace) -> int:
+    """`moecomm demo --regression`: real nights, a real slowdown, and the detector's alert."""
+    import json
+
+    from moecomm_tasks import alerts
+    from moecomm_tasks.cli import _engine, console, err_console
+
+    started = time.monotonic()
+    engine = _engine()
+    err_console.print(f"Running the worker {REGRESSION_NIGHTS} nights, then {REGRESSION_BAD_NIGHTS} nights with "
+                      f"--extra_combine_passes {REGRESSION_PASSES} (about 5 s a night) ...")
+    regression_nights(engine, progress=(lambda i, n: err_console.print(f"  night {i}/{n}", end="\r"))
+                      if err_console.is_terminal else None)
+    raised = [a for a in alerts.run_detection(engine) if a["last_good_run_id"].startswith("regression-demo-")]
+    console.print(json.dumps(raised, indent=2, default=str), markup=False, highlight=False)
+    console.print(f"\n{len(raised)} alert(s) from real measurements; {time.monotonic() - started:.0f} s", markup=False)
+    return 0 if any(a["op"] == "combine" and a["direction"] == "regression" for a in raised) else 1

@@ -1,21 +1,26 @@
 """Regression detection on one series: pure functions on arrays, no database.
 
-A series gives, per night, the slowest rank's mean time (a collective waits for its slowest rank)
-and the standard error of that mean inside the night (from the iterations' spread, when
-`--iter_stats` was on). The detector scans the nights in order, as the nightly run sees them:
+A series gives, per night, the slowest rank's median time (a collective waits for its slowest
+rank; the median is unmoved by outlier iterations) and the standard error of that night's value
+from the iterations' spread (`--iter_stats`). The detector scans the nights in order, as the
+nightly run sees them:
 
-* the baseline is the nights since the last change, its level a trimmed mean; the noise between
-  nights is estimated robustly from the successive differences of the recent history (a level
-  shift or a spike moves only one or two of them); each night's deviation from the baseline is
-  scaled by that noise combined with the night's own standard error;
+* the baseline is the nights since the last change: its level a trimmed mean, its noise between
+  nights the biweight spread of those nights (or, with fewer than `direct_noise_nights`, a robust
+  spread of successive differences over the recent history, which a level shift barely moves);
+  a night whose own standard error is larger than usual counts for less;
 * a change is a *sustained* shift: the mean deviation of the last L nights (L = 2 ..
-  `max_window`), each clipped to ± `clip`, must exceed `threshold` times its own spread (the
-  window's noise and the uncertainty of the baseline's median). Clipping bounds what one night
-  can contribute, so a one-night spike or an outlier night never makes a change alone; at least
-  two nights always do;
-* the change point is the window start with the strongest evidence; the baseline then restarts
-  there, so each change is reported once, with its size in %, its confidence, and the last good
-  and first bad nights.
+  `max_window`), each clipped to +/- `clip` noise units, must exceed a threshold in units of its
+  own spread (the window's noise and the uncertainty of the baseline's level); short windows need
+  more evidence than long ones. Nights far from the rest of their window (spikes, outlier nights)
+  are left out, and a window whose nights are all far from the baseline needs three of them: one
+  or two nights far out are as likely spikes as a step. So one-night spikes never alarm;
+* the change is then located at the night after which the nights sit furthest from the
+  baseline, reported once with its size in %, its confidence, and the last good and first bad
+  nights; the baseline restarts there.
+
+Parameters are tuned on the evaluation harness (tests/benchmarks/eval_detect.py,
+docs/detector-evaluation.md), not on any test's data.
 """
 
 from __future__ import annotations

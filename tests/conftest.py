@@ -8,7 +8,10 @@ migrated database.
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -51,3 +54,30 @@ def engine(database_url: str):
 @pytest.fixture
 def data_dir() -> Path:
     return DATA
+
+
+class _Sink(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.received.append(json.loads(body))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def http_sink():
+    """A real HTTP server on loopback; yields its URL and the JSON bodies POSTed to it."""
+    server = HTTPServer(("127.0.0.1", 0), _Sink)
+    _Sink.received = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/", _Sink.received
+    server.shutdown()
+    server.server_close()

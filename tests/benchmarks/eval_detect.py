@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=400, help="series per scenario (the null scenario gets 2x)")
     parser.add_argument("--seed", type=int, default=20261124)
     parser.add_argument("--otava-input", choices=["headline", "slowest"], default="headline")
-    parser.add_argument("--pvalues", default="0.05,0.01,0.001,0.0001,0.00001,0.000001",
+    parser.add_argument("--pvalues", default="1e-3,1e-5,1e-7,1e-9,1e-12,1e-15",
                         help="Otava p-values tried when matching our false-alarm rate")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
@@ -202,20 +202,23 @@ def main() -> None:
     target = scores["moecomm (ours)"].fa_per_1000()
     otava_name = None
     if have_otava:
-        # Tune Otava's p-value to our false-alarm rate: the largest p-value whose rate is not above ours.
+        # Tune Otava's p-value to our false-alarm rate: the largest p-value whose rate is not above
+        # ours; if none gets there, the strictest one tried, marked as such.
         tried = []
         for p in sorted((float(v) for v in args.pvalues.split(",")), reverse=True):
             score = Score()
             for n in nulls:
                 score.null(otava_online(otava_values(n), p))
-            tried.append((p, score.fa_per_1000()))
+            tried.append((p, score))
             if score.fa_per_1000() <= max(target, 1000.0 / score.nights):
-                otava_name = f"Otava (p={p:g})"
-                scores[otava_name] = score
-                detectors[otava_name] = (lambda n, p=p: otava_online(otava_values(n), p))
                 break
+        p, score = tried[-1]
+        matched = score.fa_per_1000() <= max(target, 1000.0 / score.nights)
+        otava_name = f"Otava (p={p:g}{'' if matched else ', our rate not reached'})"
+        scores[otava_name] = score
+        detectors[otava_name] = (lambda n, p=p: otava_online(otava_values(n), p))
         print("Otava false alarms per 1,000 series-nights by p-value:",
-              ", ".join(f"p={p:g}: {fa:.2f}" for p, fa in tried))
+              ", ".join(f"p={p:g}: {sc.fa_per_1000():.2f}" for p, sc in tried))
     for name, run in detectors.items():
         for label, series in changed.items():
             for n in series:

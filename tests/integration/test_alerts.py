@@ -33,8 +33,8 @@ def night(index: int, rng: random.Random, slower: float) -> ParsedOutput:
 @pytest.fixture
 def history(engine):
     rng = random.Random(7)
-    for index in range(24):
-        slower = 1.08 if index >= 20 else 1.0  # combine 8% slower from night 20, with a new NCCL
+    for index in range(28):
+        slower = 1.08 if index >= 24 else 1.0  # combine 8% slower from night 24, with a new NCCL
         store.load(engine, night(index, rng, slower), f"night-{index:02d}", START + timedelta(days=index))
     return engine
 
@@ -48,17 +48,27 @@ def test_detect_raises_each_change_once(history, database_url, monkeypatch, caps
     assert {k: alert[k] for k in ("backend", "profile", "ep_size", "local_batch_size", "op", "direction")} == {
         "backend": "TORCH_ALLTOALL", "profile": "deepseek_v3", "ep_size": 2, "local_batch_size": 1024,
         "op": "combine", "direction": "regression"}
-    assert (alert["last_good_run_id"], alert["first_bad_run_id"]) == ("night-19", "night-20")
+    assert (alert["last_good_run_id"], alert["first_bad_run_id"]) == ("night-23", "night-24")
     assert 6.0 < alert["change_pct"] < 10.0 and alert["confidence"] > 0.99
     assert alert["provenance_diff"] == {"nccl_version": ["2.28.9", "2.29.0"]}
     assert main(["detect", "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
 
 
-def test_excluded_runs_are_skipped(history):
-    with history.begin() as conn:
-        conn.execute(sa.text("UPDATE run SET excluded = true, excluded_reason = 'bad node' WHERE run_id >= 'night-20'"))
+def test_excluded_runs_are_skipped(history, database_url, monkeypatch):
+    monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)
+    for index in range(24, 28):
+        assert main(["runs", "exclude", f"night-{index}", "--reason", "bad node"]) == 0
+    assert main(["runs", "exclude", "night-99", "--reason", "x"]) == 3
+    with history.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM run WHERE excluded AND excluded_reason = 'bad node'")).scalar() == 4
     assert [a for a in alerts.run_detection(history) if a["op"] == "combine"] == []
+    assert main(["runs", "include", "night-25"]) == 0
+    assert main(["runs", "include", "night-26"]) == 0
+    assert main(["runs", "include", "night-27"]) == 0
+    # Three nights back: the change is found, from the first night that is not quarantined.
+    (alert,) = [a for a in alerts.run_detection(history) if a["op"] == "combine"]
+    assert alert["first_bad_run_id"] == "night-25"
 
 
 def test_lifecycle(history, database_url, monkeypatch, capsys):

@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import psutil
@@ -113,36 +111,14 @@ timeout_s = 8
 """
 
 
-class _Hook(BaseHTTPRequestHandler):
-    received: list[dict] = []
-
-    def do_POST(self):  # noqa: N802
-        self.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-        self.send_response(200)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def webhook():
-    server = HTTPServer(("127.0.0.1", 0), _Hook)
-    _Hook.received = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/", _Hook.received
-    server.shutdown()
-
-
 def counts(engine) -> dict[str, int]:
     with engine.connect() as conn:
         return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar()
                 for t in ("run", "job", "measurement", "failure", "provenance", "skip")}
 
 
-def test_nightly_run_end_to_end_with_a_crash_and_a_hang(tmp_path, database_url, engine, webhook):
-    url, received = webhook
+def test_nightly_run_end_to_end_with_a_crash_and_a_hang(tmp_path, database_url, engine, http_sink):
+    url, received = http_sink
     matrix = tmp_path / "matrix.toml"
     matrix.write_text(MATRIX)
     airflow_home = tmp_path / "airflow"

@@ -1,0 +1,174 @@
+"""The alert digest: one message per DAG run, grouped by probable cause, to Slack, e-mail and a
+generic JSON webhook. Each channel is optional and configured from the environment:
+
+* Slack: `MOECOMM_SLACK_CONN_ID` names an Airflow connection of type `slackwebhook` (an incoming
+  webhook; its password is the webhook token or the whole URL); sent through the Airflow Slack
+  provider's `SlackWebhookNotifier`.
+* E-mail: `MOECOMM_SMTP_HOST` (and `MOECOMM_SMTP_PORT`, default 25; `MOECOMM_SMTP_STARTTLS=1`;
+  `MOECOMM_SMTP_USER` / `MOECOMM_SMTP_PASSWORD`), `MOECOMM_ALERT_EMAIL_FROM`,
+  `MOECOMM_ALERT_EMAIL_TO` (comma-separated).
+* Webhook: `MOECOMM_ALERT_WEBHOOK_URL` receives the digest as JSON (POST).
+
+A group is the set of new alerts that share their run range (last good run, first bad run): the
+same night broke them, so they probably share a cause, shown with the provenance that changed.
+Every alert carries the SQL that shows its series. Nothing is sent when there is nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import smtplib
+import urllib.request
+from collections import defaultdict
+from dataclasses import dataclass
+from email.message import EmailMessage
+from typing import Any
+
+log = logging.getLogger(__name__)
+TIMEOUT_S = 10
+
+
+def series_sql(alert: dict[str, Any]) -> str:
+    """The query that shows an alert's series around its change (public view `nightly_series`)."""
+    def lit(value: Any) -> str:
+        return str(int(value)) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+
+    keys = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "op", "gpu_model")
+    where = " AND ".join(
+        f"COALESCE({k}, '') = {lit(alert[k])}" if k in ("quant_algo", "gpu_model") else f"{k} = {lit(alert[k])}"
+        for k in keys)
+    return (f"SELECT run_id, run_at, excluded, slowest_rank_us, median_us, within_night_stdev_us "
+            f"FROM nightly_series WHERE {where} ORDER BY run_at;")
+
+
+@dataclass(frozen=True)
+class Digest:
+    run_id: str
+    groups: list[dict[str, Any]]   # each: last_good_run_id, first_bad_run_id, provenance_diff, alerts
+
+    @property
+    def empty(self) -> bool:
+        return not self.groups
+
+    def title(self) -> str:
+        n = sum(len(g["alerts"]) for g in self.groups)
+        regressions = sum(a["direction"] == "regression" for g in self.groups for a in g["alerts"])
+        return (f"moecomm {self.run_id}: {n} new alert(s), {regressions} regression(s), "
+                f"{len(self.groups)} probable cause(s)")
+
+
+def build_digest(run_id: str, alerts: list[dict[str, Any]]) -> Digest:
+    """Group new alerts (as `alerts.run_detection` returns them) by their run range."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for alert in alerts:
+        grouped[(alert["last_good_run_id"], alert["first_bad_run_id"])].append(alert)
+    groups = []
+    for (good, bad), members in sorted(grouped.items(), key=lambda item: (-len(item[1]), item[0])):
+        members = sorted(members, key=lambda a: (a["direction"] != "regression", -abs(a["change_pct"])))
+        diff: dict[str, Any] = {}
+        for a in members:
+            diff.update(a.get("provenance_diff") or {})
+        groups.append({
+            "last_good_run_id": good, "first_bad_run_id": bad, "provenance_diff": diff,
+            "alerts": [{**{k: a[k] for k in ("alert_id", "backend", "profile", "ep_size", "quant_algo",
+                                             "local_batch_size", "op", "gpu_model", "direction")},
+                        "change_pct": round(float(a["change_pct"]), 2),
+                        "confidence": round(float(a["confidence"]), 4),
+                        "baseline_us": round(float(a["baseline_us"]), 3), "after_us": round(float(a["after_us"]), 3),
+                        "sql": series_sql(a)} for a in members],
+        })
+    return Digest(run_id, groups)
+
+
+def _line(a: dict[str, Any]) -> str:
+    return (f"{a['direction']} {a['change_pct']:+.2f}% ({a['baseline_us']:.1f} -> {a['after_us']:.1f} us, "
+            f"confidence {a['confidence']:.4f}): {a['backend']} {a['profile']} EP{a['ep_size']} "
+            f"{a['local_batch_size']} tokens {a['op']}" + (f" on {a['gpu_model']}" if a["gpu_model"] else ""))
+
+
+def _cause(group: dict[str, Any]) -> str:
+    diff = group["provenance_diff"]
+    changed = ", ".join(f"{k}: {v[0]} -> {v[1]}" for k, v in sorted(diff.items())) if diff else "no provenance change"
+    return f"Between {group['last_good_run_id']} (last good) and {group['first_bad_run_id']} (first bad): {changed}"
+
+
+def render_text(digest: Digest) -> str:
+    """The e-mail body."""
+    out = [digest.title(), ""]
+    for group in digest.groups:
+        out.append(_cause(group))
+        for a in group["alerts"]:
+            out += [f"  - #{a['alert_id']} {_line(a)}", f"    {a['sql']}"]
+        out.append("")
+    out.append("Manage: moecomm alerts list | ack ID | resolve ID | mute ID")
+    return "\n".join(out) + "\n"
+
+
+def render_slack(digest: Digest) -> dict[str, Any]:
+    """Slack message: a text fallback and Block Kit blocks, one section per probable cause."""
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": digest.title()[:150]}}]
+    for group in digest.groups:
+        lines = [f"*{_cause(group)}*"] + [f"• #{a['alert_id']} {_line(a)}\n```{a['sql']}```" for a in group["alerts"]]
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:3000]}})
+    return {"text": digest.title(), "blocks": blocks}
+
+
+def render_webhook(digest: Digest) -> dict[str, Any]:
+    return {"run_id": digest.run_id, "title": digest.title(), "groups": digest.groups}
+
+
+def send_slack(digest: Digest, conn_id: str) -> None:
+    from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+    message = render_slack(digest)
+    SlackWebhookNotifier(slack_webhook_conn_id=conn_id, text=message["text"], blocks=message["blocks"],
+                         timeout=TIMEOUT_S).notify({})
+
+
+def send_email(digest: Digest, env: dict[str, str]) -> None:
+    message = EmailMessage()
+    message["Subject"] = digest.title()
+    message["From"] = env.get("MOECOMM_ALERT_EMAIL_FROM", "moecomm@localhost")
+    message["To"] = env["MOECOMM_ALERT_EMAIL_TO"]
+    message.set_content(render_text(digest))
+    with smtplib.SMTP(env["MOECOMM_SMTP_HOST"], int(env.get("MOECOMM_SMTP_PORT", "25")), timeout=TIMEOUT_S) as smtp:
+        if env.get("MOECOMM_SMTP_STARTTLS") == "1":
+            smtp.starttls()
+        if env.get("MOECOMM_SMTP_USER"):
+            smtp.login(env["MOECOMM_SMTP_USER"], env.get("MOECOMM_SMTP_PASSWORD", ""))
+        smtp.send_message(message)
+
+
+def send_webhook(digest: Digest, url: str) -> None:
+    request = urllib.request.Request(url, data=json.dumps(render_webhook(digest)).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 (operator-configured URL)
+        response.read()
+
+
+def send_digest(digest: Digest, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Send the digest on every configured channel; returns channel -> "sent" or the error.
+
+    Nothing is sent for an empty digest. One channel failing does not stop the others; the
+    caller decides what a failure means (the DAG logs it; alerts stay in the database)."""
+    env = dict(os.environ if env is None else env)
+    if digest.empty:
+        return {}
+    channels = {}
+    if env.get("MOECOMM_SLACK_CONN_ID"):
+        channels["slack"] = lambda: send_slack(digest, env["MOECOMM_SLACK_CONN_ID"])
+    if env.get("MOECOMM_SMTP_HOST") and env.get("MOECOMM_ALERT_EMAIL_TO"):
+        channels["email"] = lambda: send_email(digest, env)
+    if env.get("MOECOMM_ALERT_WEBHOOK_URL"):
+        channels["webhook"] = lambda: send_webhook(digest, env["MOECOMM_ALERT_WEBHOOK_URL"])
+    outcome = {}
+    for name, send in channels.items():
+        try:
+            send()
+            outcome[name] = "sent"
+        except Exception as exc:  # noqa: BLE001 (a channel's failure is reported, not raised)
+            log.warning("alert digest: %s failed: %s: %s", name, type(exc).__name__, exc)
+            outcome[name] = f"failed: {type(exc).__name__}: {exc}"
+    return outcome

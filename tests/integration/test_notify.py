@@ -1,0 +1,133 @@
+"""The alert digest: golden payloads, and delivery to a real local SMTP server (aiosmtpd) and a
+real local HTTP server (standing in for Slack's incoming webhook and a generic webhook: no Slack
+server can run here). Regenerate the golden files with MOECOMM_UPDATE_GOLDEN=1 after a change
+that is meant to alter them, and read the diff.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from aiosmtpd.controller import Controller
+
+from moecomm_tasks import notify
+
+GOLDEN = Path(__file__).parents[1] / "data" / "golden"
+
+
+def _alert(alert_id, size, op, change, good="nightly-2026-11-20", bad="nightly-2026-11-21", diff=None):
+    return {
+        "alert_id": alert_id, "backend": "TORCH_ALLTOALL", "profile": "deepseek_v3", "ep_size": 8,
+        "quant_algo": "FP8_BLOCK_SCALES", "local_batch_size": size, "op": op, "gpu_model": "NVIDIA H100 80GB HBM3",
+        "direction": "regression" if change > 0 else "improvement", "change_pct": change, "confidence": 0.99991234,
+        "baseline_us": 100.0, "after_us": 100.0 * (1 + change / 100), "last_good_run_id": good,
+        "first_bad_run_id": bad, "provenance_diff": diff or {},
+    }
+
+
+ALERTS = [
+    _alert(7, 1024, "dispatch", 3.1234, diff={"nccl_version": ["2.27.7", "2.28.9"]}),
+    _alert(8, 4096, "combine", 5.5, diff={"nccl_version": ["2.27.7", "2.28.9"]}),
+    _alert(9, 128, "dispatch", -4.25, good="nightly-2026-11-18", bad="nightly-2026-11-19"),
+]
+
+
+def _golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("MOECOMM_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs from its golden file"
+
+
+def test_digest_groups_by_run_range_and_orders_by_size():
+    digest = notify.build_digest("nightly-2026-11-21", ALERTS)
+    assert [(g["first_bad_run_id"], [a["alert_id"] for a in g["alerts"]]) for g in digest.groups] == [
+        ("nightly-2026-11-21", [8, 7]), ("nightly-2026-11-19", [9])]
+    assert digest.groups[0]["provenance_diff"] == {"nccl_version": ["2.27.7", "2.28.9"]}
+
+
+def test_payloads_match_their_golden_files():
+    digest = notify.build_digest("nightly-2026-11-21", ALERTS)
+    _golden("digest.txt", notify.render_text(digest))
+    _golden("digest_slack.json", json.dumps(notify.render_slack(digest), indent=2) + "\n")
+    _golden("digest_webhook.json", json.dumps(notify.render_webhook(digest), indent=2) + "\n")
+
+
+def test_series_sql_runs_against_the_public_view(engine):
+    import sqlalchemy as sa
+
+    with engine.connect() as conn:  # an empty history: the query is valid and returns no rows
+        assert conn.execute(sa.text(notify.series_sql(ALERTS[0]))).all() == []
+    assert "''" in notify.series_sql({**ALERTS[0], "op": "it's"})  # quoted, not injected
+
+
+class _Inbox:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
+        self.messages.append((envelope.mail_from, envelope.rcpt_tos, envelope.content))
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server():
+    inbox = _Inbox()
+    port = _free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, ready_timeout=10)
+    controller.start()
+    yield port, inbox.messages
+    controller.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_every_channel_receives_the_digest(smtp_server, http_sink, monkeypatch):
+    port, messages = smtp_server
+    url, received = http_sink
+    # Slack goes through the Airflow provider's notifier and an Airflow connection from the
+    # environment; the connection's password is the incoming webhook's whole URL.
+    monkeypatch.setenv("AIRFLOW_CONN_MOECOMM_SLACK", json.dumps({"conn_type": "slackwebhook", "password": url + "slack"}))
+    env = {"MOECOMM_SLACK_CONN_ID": "moecomm_slack", "MOECOMM_ALERT_WEBHOOK_URL": url + "hook",
+           "MOECOMM_SMTP_HOST": "127.0.0.1", "MOECOMM_SMTP_PORT": str(port),
+           "MOECOMM_ALERT_EMAIL_FROM": "moecomm@example.org", "MOECOMM_ALERT_EMAIL_TO": "a@example.org, b@example.org"}
+    digest = notify.build_digest("nightly-2026-11-21", ALERTS)
+    assert notify.send_digest(digest, env) == {"slack": "sent", "email": "sent", "webhook": "sent"}
+
+    (mail_from, rcpt, content), = messages
+    message = email.message_from_bytes(content, policy=email.policy.default)
+    assert mail_from == "moecomm@example.org" and rcpt == ["a@example.org", "b@example.org"]
+    assert message["Subject"] == digest.title()
+    assert message.get_content().replace("\r\n", "\n") == notify.render_text(digest)  # SMTP sends CRLF
+    slack, hook = (received[0], received[1]) if "blocks" in received[0] else (received[1], received[0])
+    assert slack["text"] == digest.title() and slack["blocks"] == notify.render_slack(digest)["blocks"]
+    assert hook == notify.render_webhook(digest)
+
+
+def test_nothing_is_sent_when_there_is_nothing_new(smtp_server, http_sink):
+    port, messages = smtp_server
+    url, received = http_sink
+    env = {"MOECOMM_ALERT_WEBHOOK_URL": url, "MOECOMM_SMTP_HOST": "127.0.0.1", "MOECOMM_SMTP_PORT": str(port),
+           "MOECOMM_ALERT_EMAIL_TO": "a@example.org"}
+    assert notify.send_digest(notify.build_digest("nightly-2026-11-22", []), env) == {}
+    assert messages == [] and received == []
+
+
+def test_a_failing_channel_does_not_stop_the_others(http_sink):
+    url, received = http_sink
+    env = {"MOECOMM_ALERT_WEBHOOK_URL": url, "MOECOMM_SMTP_HOST": "127.0.0.1",
+           "MOECOMM_SMTP_PORT": str(_free_port()), "MOECOMM_ALERT_EMAIL_TO": "a@example.org"}
+    outcome = notify.send_digest(notify.build_digest("nightly-2026-11-21", ALERTS), env)
+    assert outcome["webhook"] == "sent" and outcome["email"].startswith("failed: ConnectionRefusedError")
+    assert len(received) == 1
