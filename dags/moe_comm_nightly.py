@@ -80,10 +80,12 @@ def moe_comm_nightly():
         return {**nightly.run_summary(engine, dag_run.run_id), "new_alerts": new_alerts, "notified": sent}
 
     @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
-    def report(dag_run=None) -> str:
-        from moecomm_tasks import db, nightly
+    def report(dag_run=None) -> dict:
+        from moecomm_tasks import db, nightly, report
 
-        return nightly.report_text(db.make_engine(), dag_run.run_id)
+        engine = db.make_engine()
+        page = report.write_report(engine, nightly.report_dir(dag_run.run_id), dag_run.run_id)
+        return {"table": nightly.report_text(engine, dag_run.run_id), "html": str(page)}
 
     @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=5), retries=0)
     def verdict(planned: list, dag_run=None) -> None:

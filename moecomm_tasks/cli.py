@@ -202,6 +202,26 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from moecomm_tasks import report
+
+    page = report.write_report(_engine(), args.out, args.run_id)
+    console.print(f"report: {page}", markup=False)
+    return EXIT_OK
+
+
+def cmd_otava_config(args: argparse.Namespace) -> int:
+    from moecomm_tasks import otava
+
+    text = otava.config_yaml(_engine())
+    if args.out:
+        Path(args.out).write_text(text)
+        console.print(f"Otava configuration: {args.out}", markup=False)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from moecomm_tasks import demo
 
@@ -272,6 +292,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=["open", "acknowledged", "resolved", "muted"], help="with list: only this state")
     p.add_argument("--note", help="with ack, resolve or mute: why")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("report", help="write the HTML report of a run (index.html and PNG plots) into a folder")
+    p.add_argument("--out", required=True, help="the folder (created if needed)")
+    p.add_argument("--run-id", help="default: the latest run")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("otava-config", help="write an Apache Otava configuration with one test per series")
+    p.add_argument("--out", help="a file (default: stdout)")
+    p.set_defaults(func=cmd_otava_config)
 
     p = sub.add_parser("demo", help="the main job: the nightly DAG once, on this machine (see README)")
     p.add_argument("--matrix", help="a matrix file or a shipped matrix's name (default: MOECOMM_MATRIX, else cpu)")

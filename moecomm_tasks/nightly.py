@@ -44,6 +44,13 @@ def artifacts_root() -> Path:
     return Path(logs) / "moecomm"
 
 
+def report_dir(run_id: str) -> Path:
+    """Where the `report` task writes a run's HTML report: `MOECOMM_REPORT_DIR/<run id>`, else
+    `reports/<run id>` under the artifacts folder."""
+    root = Path(os.environ["MOECOMM_REPORT_DIR"]) if os.environ.get("MOECOMM_REPORT_DIR") else artifacts_root() / "reports"
+    return root / _safe(run_id)
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 

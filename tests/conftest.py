@@ -81,3 +81,48 @@ def http_sink():
     yield f"http://127.0.0.1:{server.server_address[1]}/", _Sink.received
     server.shutdown()
     server.server_close()
+
+
+def load_weeks_of_nights(engine, nights: int = 28, step_at: int = 23):
+    """A few weeks of nights through the real loader: 2 reference backends x 2 profiles x EP 2 x
+    3 token counts x 2 ops x 2 ranks, per-iteration stats, 1% noise between nights (seeded), and
+    TORCH_ALLTOALL deepseek_v3 combine at 1024 tokens 12% slower from night `step_at` with a new
+    NCCL (so the detector raises an alert). Returns the run ids, oldest first."""
+    import random
+    from datetime import datetime, timedelta, timezone
+
+    from moecomm_tasks import store
+    from moecomm_tasks.records import ParsedJob, ParsedOutput, RunHeader, Stats, Timing
+
+    rng = random.Random(11)
+    start = datetime(2026, 10, 1, 2, 0, tzinfo=timezone.utc)
+    run_ids = []
+    for night in range(nights):
+        jobs = []
+        level = rng.lognormvariate(0, 0.01)
+        for profile, quant in (("deepseek_v3", "FP8_BLOCK_SCALES"), ("gpt_oss", "W4A8_MXFP4_MXFP8")):
+            for backend, speed in (("TORCH_ALLTOALL", 1.0), ("TORCH_ALLGATHER", 1.3)):
+                nccl = "2.29.0" if night >= step_at else "2.28.9"
+                header = RunHeader(profile=profile, ep_size=2, quant_algo=quant, backend=backend,
+                                   local_batch_sizes=(128, 1024, 4096),
+                                   extra={"provenance": {"gpu_model": "NVIDIA H100 80GB HBM3", "nccl_version": nccl}})
+                timings = []
+                for size in (128, 1024, 4096):
+                    for op, base in (("dispatch", 1.0), ("combine", 2.0)):
+                        slower = 1.12 if (night >= step_at and backend == "TORCH_ALLTOALL" and profile == "deepseek_v3"
+                                          and op == "combine" and size == 1024) else 1.0
+                        # Small sizes are latency-bound, large ones bandwidth-bound: the backends cross.
+                        us = (20.0 * speed ** -1 + size * 0.1 * speed) * base * level * slower
+                        for rank in range(2):
+                            v = us * (1 + 0.02 * rank) * rng.lognormvariate(0, 0.002)
+                            timings.append(Timing(backend, size, op, rank, Stats(v * 1.01, v, v * 0.03, v * 0.95, v * 1.3)))
+                jobs.append(ParsedJob(header, tuple(timings)))
+        run_id = f"night-{night:02d}"
+        store.load(engine, ParsedOutput(jobs=tuple(jobs)), run_id, start + timedelta(days=night))
+        run_ids.append(run_id)
+    return run_ids
+
+
+@pytest.fixture
+def weeks_of_nights(engine):
+    return load_weeks_of_nights(engine)

@@ -31,3 +31,11 @@ CROSS JOIN LATERAL (
            (SELECT avg(sd) FROM unnest(m.stdev_us) AS sd)      AS within_night_stdev_us
     FROM unnest(m.mean_us) AS v (mean_us)
 ) s;
+
+-- Where and with what each job ran: one row per (run, job), for dashboards and Otava attributes.
+CREATE VIEW provenance_flat AS
+SELECT r.run_id, r.run_at, j.job_key, p.gpu_model, p.gpu_count, p.driver_version, p.cuda_version,
+       p.nccl_version, p.torch_version, p.trtllm_version, p.trtllm_commit, p.hosts
+FROM provenance p
+JOIN job j USING (job_pk)
+JOIN run r USING (run_pk);

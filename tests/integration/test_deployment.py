@@ -109,3 +109,17 @@ def test_results_database_roles(compose):
     mounts = compose["services"]["postgres"]["volumes"]
     assert "./sql/deploy/init-roles.sh:/docker-entrypoint-initdb.d/10-init-roles.sh:ro" in mounts
     assert "moecomm_writer" in compose["x-airflow-common"]["environment"]["MOECOMM_DATABASE_URL"]
+
+
+def test_grafana_is_provisioned_from_the_repository(compose):
+    grafana = compose["services"]["grafana"]
+    for mount in grafana["volumes"]:
+        source = mount.split(":")[0]
+        if source.startswith("./"):
+            assert (ROOT / source).is_dir(), f"{source} is mounted but missing"
+    assert "./sql/deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    # The provider's path is where the dashboards are mounted; the home dashboard exists there.
+    assert "./sql/deploy/grafana/dashboards:/var/lib/grafana/dashboards/moecomm:ro" in grafana["volumes"]
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (ROOT / "sql/deploy/grafana/dashboards" / Path(home).name).is_file()
+    assert grafana["depends_on"]["postgres"]["condition"] == "service_healthy"

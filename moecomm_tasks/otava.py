@@ -1,0 +1,66 @@
+"""An Apache Otava configuration that reads moecomm's public views, for teams that already run
+Otava: one Otava test per series (`moecomm otava-config`), all inheriting one template.
+
+Otava reads PostgreSQL through its own settings (environment: POSTGRES_HOSTNAME, POSTGRES_PORT,
+POSTGRES_USERNAME, POSTGRES_PASSWORD, POSTGRES_DATABASE; use the read-only role). The GPU model
+is Otava's branch (`--branch "NVIDIA H100 80GB HBM3"`): each query filters it with Otava's
+`%{BRANCH}` placeholder. (That is also what lets Otava 0.8.0 run these queries at all: without a
+placeholder it hands pg8000 `None` as the parameters and fails with a TypeError.) Otava sees one
+number per night and series: the slowest rank's median iteration (its mean without
+`--iter_stats`), with the run id and the NCCL, CUDA and torch versions as attributes.
+"""
+
+from __future__ import annotations
+
+import re
+
+import sqlalchemy as sa
+import yaml
+from sqlalchemy.engine import Engine
+
+TEMPLATE = {
+    "type": "postgres",
+    "time_column": "run_at",
+    "attributes": ["run_id", "nccl_version", "cuda_version", "torch_version", "trtllm_commit"],
+    # Latency: lower is better (a rise is a regression).
+    "metrics": {"slowest_rank_us": {"direction": -1}, "median_us": {"direction": -1}},
+}
+QUERY = """SELECT n.run_at, n.run_id, COALESCE(n.slowest_rank_median_us, n.slowest_rank_us) AS slowest_rank_us,
+       n.median_us, p.nccl_version, p.cuda_version, p.torch_version, p.trtllm_commit
+FROM nightly_series n LEFT JOIN provenance_flat p USING (run_id, job_key)
+WHERE NOT n.excluded AND {where}
+ORDER BY n.run_at"""
+
+
+def _literal(value) -> str:
+    return str(int(value)) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+
+
+def test_name(backend: str, profile: str, ep_size: int, quant: str, size: int, op: str) -> str:
+    name = f"{backend}.{profile}.ep{ep_size}.{quant or 'default'}.{size}.{op}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def config(engine: Engine) -> dict:
+    """The Otava configuration (as a dict) for every series in the database."""
+    with engine.connect() as conn:
+        series = conn.execute(sa.text("""
+            SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant, local_batch_size, op
+            FROM nightly_series ORDER BY 1, 2, 3, 4, 5, 6""")).all()
+    tests = {}
+    for s in series:
+        where = " AND ".join([
+            f"n.backend = {_literal(s.backend)}", f"n.profile = {_literal(s.profile)}",
+            f"n.ep_size = {int(s.ep_size)}", f"COALESCE(n.quant_algo, '') = {_literal(s.quant)}",
+            f"n.local_batch_size = {int(s.local_batch_size)}", f"n.op = {_literal(s.op)}",
+            "COALESCE(n.gpu_model, '') = %{BRANCH}"])
+        tests[test_name(*s)] = {"inherit": ["moecomm_series"], "query": QUERY.format(where=where)}
+    return {"templates": {"moecomm_series": TEMPLATE}, "tests": tests}
+
+
+def config_yaml(engine: Engine) -> str:
+    header = ("# Apache Otava configuration written by `moecomm otava-config` from the series in the database.\n"
+              "# Connection: POSTGRES_HOSTNAME, POSTGRES_PORT, POSTGRES_USERNAME (the read-only role),\n"
+              "# POSTGRES_PASSWORD, POSTGRES_DATABASE. The GPU model is the branch, e.g.:\n"
+              "#   otava analyze --config-file otava.yaml --branch 'NVIDIA H100 80GB HBM3' --all\n")
+    return header + yaml.safe_dump(config(engine), sort_keys=False, width=120)

@@ -1,0 +1,238 @@
+"""The nightly report: `index.html` and PNG plots beside it, for anyone without dashboard access.
+
+Three sections, all read from the public views (`nightly_series`, `alert`):
+
+* the night against its history: per (profile, EP size, backend, op), the slowest rank's time of
+  every token count night by night, the report's night marked, and a table of every series'
+  time against its baseline (the median of up to 7 earlier nights), sorted by change;
+* the alerts raised by this run (or, with none, the open ones), each series plotted around its
+  change with the baseline and the level after it;
+* the backend comparison: per (profile, EP size, op), time against token count for every backend,
+  on the report's night (where the lines cross is where one backend overtakes another).
+
+Matplotlib draws the plots with its non-interactive Agg backend; the page has no script and no
+external resource, so it opens from a file or any static web server.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from moecomm_tasks.errors import MoecommError
+
+HISTORY_NIGHTS = 30
+BASELINE_NIGHTS = 7
+
+
+@dataclass(frozen=True)
+class Point:
+    run_id: str
+    run_at: Any
+    value: float
+
+
+def _latest_run(conn: sa.Connection) -> str:
+    run = conn.execute(sa.text("SELECT run_id FROM run ORDER BY run_at DESC, run_id DESC LIMIT 1")).scalar()
+    if run is None:
+        raise MoecommError("no runs in the database: load or run something first")
+    return run
+
+
+def _history(conn: sa.Connection, run_id: str) -> dict[tuple, list[Point]]:
+    """Every series measured in `run_id`, with up to HISTORY_NIGHTS nights up to and including it."""
+    rows = conn.execute(sa.text("""
+        WITH night AS (SELECT run_at FROM run WHERE run_id = :run),
+             series AS (SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo,
+                               local_batch_size, op, COALESCE(gpu_model, '') AS gpu_model
+                        FROM nightly_series WHERE run_id = :run)
+        SELECT s.backend, s.profile, s.ep_size, s.quant_algo, s.local_batch_size, s.op, s.gpu_model,
+               n.run_id, n.run_at, COALESCE(n.slowest_rank_median_us, n.slowest_rank_us) AS value
+        FROM series s
+        JOIN nightly_series n ON n.backend = s.backend AND n.profile = s.profile AND n.ep_size = s.ep_size
+             AND COALESCE(n.quant_algo, '') = s.quant_algo AND n.local_batch_size = s.local_batch_size
+             AND n.op = s.op AND COALESCE(n.gpu_model, '') = s.gpu_model
+        WHERE n.run_at <= (SELECT run_at FROM night) AND NOT n.excluded
+        ORDER BY s.profile, s.ep_size, s.backend, s.op, s.local_batch_size, n.run_at, n.run_id
+    """), {"run": run_id}).all()
+    series: dict[tuple, list[Point]] = defaultdict(list)
+    for r in rows:
+        series[(r.profile, r.ep_size, r.backend, r.op, r.local_batch_size, r.quant_algo, r.gpu_model)].append(
+            Point(r.run_id, r.run_at, float(r.value)))
+    return {k: v[-HISTORY_NIGHTS:] for k, v in series.items()}
+
+
+def _alerts(conn: sa.Connection, run_id: str) -> tuple[str, list[sa.Row]]:
+    rows = conn.execute(sa.text("SELECT * FROM alert WHERE detected_run_id = :run ORDER BY abs(change_pct) DESC"),
+                        {"run": run_id}).all()
+    if rows:
+        return "raised by this run", rows
+    return "open (none raised by this run)", conn.execute(sa.text(
+        "SELECT * FROM alert WHERE state = 'open' ORDER BY created_at DESC, abs(change_pct) DESC LIMIT 20")).all()
+
+
+def _alert_series(conn: sa.Connection, alert: sa.Row) -> list[Point]:
+    rows = conn.execute(sa.text("""
+        SELECT run_id, run_at, COALESCE(slowest_rank_median_us, slowest_rank_us) AS value
+        FROM nightly_series
+        WHERE backend = :backend AND profile = :profile AND ep_size = :ep_size
+          AND COALESCE(quant_algo, '') = :quant_algo AND local_batch_size = :local_batch_size AND op = :op
+          AND COALESCE(gpu_model, '') = :gpu_model AND NOT excluded
+        ORDER BY run_at, run_id"""), dict(alert._mapping)).all()
+    return [Point(r.run_id, r.run_at, float(r.value)) for r in rows]
+
+
+def _slug(*parts: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(str(p) for p in parts)).strip("-")
+
+
+def _baseline(points: list[Point]) -> float | None:
+    earlier = sorted(p.value for p in points[:-1][-BASELINE_NIGHTS:])
+    if not earlier:
+        return None
+    mid = len(earlier) // 2
+    return earlier[mid] if len(earlier) % 2 else (earlier[mid - 1] + earlier[mid]) / 2
+
+
+def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> Path:
+    """Write the report of `run_id` (default: the latest run) into `out`; return index.html's path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with engine.connect() as conn:
+        run_id = run_id or _latest_run(conn)
+        run = conn.execute(sa.text("SELECT run_id, run_at FROM run WHERE run_id = :r"), {"r": run_id}).first()
+        if run is None:
+            raise MoecommError(f"no run {run_id!r} (see: moecomm runs)")
+        history = _history(conn, run_id)
+        alert_title, alerts = _alerts(conn, run_id)
+        alert_points = [(a, _alert_series(conn, a)) for a in alerts]
+
+    images: dict[str, list[tuple[str, str]]] = {"history": [], "alerts": [], "backends": []}
+
+    def save(fig, section: str, name: str, caption: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=90)
+        plt.close(fig)
+        images[section].append((name, caption))
+
+    # The night against its history.
+    groups: dict[tuple, dict[int, list[Point]]] = defaultdict(dict)
+    for (profile, ep, backend, op, size, _quant, _gpu), points in history.items():
+        groups[(profile, ep, backend, op)][size] = points
+    for (profile, ep, backend, op), by_size in sorted(groups.items()):
+        fig, ax = plt.subplots(figsize=(6.4, 3.0))
+        for size, points in sorted(by_size.items()):
+            xs = [p.run_at for p in points]
+            line, = ax.plot(xs, [p.value for p in points], marker=".", label=f"{size} tokens")
+            ax.plot([xs[-1]], [points[-1].value], marker="o", markersize=8, color=line.get_color())
+        ax.set_yscale("log")
+        ax.set_ylabel("slowest rank, µs")
+        ax.set_title(f"{profile} EP{ep} {backend} {op}", fontsize=10)
+        ax.legend(fontsize=7, ncol=2)
+        fig.autofmt_xdate()
+        save(fig, "history", f"history_{_slug(profile, ep, backend, op)}.png",
+             f"{profile}, EP {ep}, {backend}, {op}: the last {HISTORY_NIGHTS} nights (large dot: this night)")
+
+    # The alerts, each series around its change.
+    for alert, points in alert_points:
+        bad = next((i for i, p in enumerate(points) if p.run_id == alert.first_bad_run_id), None)
+        if bad is None:
+            continue
+        window = points[max(0, bad - 21):bad + 14]
+        fig, ax = plt.subplots(figsize=(6.4, 3.0))
+        ax.plot([p.run_at for p in window], [p.value for p in window], marker=".", color="black")
+        ax.axvline(points[bad].run_at, color="red", linestyle="--", label=f"first bad: {alert.first_bad_run_id}")
+        ax.axhline(alert.baseline_us, color="grey", linestyle=":", label=f"baseline {alert.baseline_us:.1f} µs")
+        ax.axhline(alert.after_us, color="red", linestyle=":", label=f"after {alert.after_us:.1f} µs")
+        ax.set_ylabel("slowest rank, µs")
+        ax.set_title(f"#{alert.alert_pk} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} {alert.profile} "
+                     f"EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.autofmt_xdate()
+        save(fig, "alerts", f"alert_{alert.alert_pk}.png",
+             f"alert #{alert.alert_pk} ({alert.state}): {alert.change_pct:+.2f}%, confidence {alert.confidence:.4f}, "
+             f"last good {alert.last_good_run_id}, first bad {alert.first_bad_run_id}")
+
+    # The backend comparison on this night.
+    comparison: dict[tuple, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+    for (profile, ep, backend, op, size, _quant, _gpu), points in history.items():
+        if points[-1].run_id == run_id:
+            comparison[(profile, ep, op)][backend].append((size, points[-1].value))
+    for (profile, ep, op), by_backend in sorted(comparison.items()):
+        fig, ax = plt.subplots(figsize=(6.4, 3.0))
+        for backend, values in sorted(by_backend.items()):
+            values.sort()
+            ax.plot([v[0] for v in values], [v[1] for v in values], marker="o", label=backend)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("tokens per rank")
+        ax.set_ylabel("slowest rank, µs")
+        ax.set_title(f"{profile} EP{ep} {op}: backends on {run_id}", fontsize=10)
+        ax.legend(fontsize=7)
+        save(fig, "backends", f"backends_{_slug(profile, ep, op)}.png",
+             f"{profile}, EP {ep}, {op}: every backend against token count, this night")
+
+    table = []
+    for (profile, ep, backend, op, size, _quant, _gpu), points in history.items():
+        if points[-1].run_id != run_id:
+            continue
+        base = _baseline(points)
+        change = None if base is None else 100.0 * (points[-1].value - base) / base
+        table.append((profile, ep, backend, size, op, points[-1].value, base, change))
+    table.sort(key=lambda r: -(r[7] if r[7] is not None else float("-inf")))
+
+    index = out / "index.html"
+    index.write_text(_page(run_id, str(run.run_at), table, images, alert_title, len(alerts)), encoding="utf-8")
+    return index
+
+
+def _page(run_id: str, run_at: str, table: list[tuple], images: dict, alert_title: str, n_alerts: int) -> str:
+    e = html.escape
+
+    def figures(section: str) -> str:
+        if not images[section]:
+            return "<p>None.</p>"
+        return "\n".join(f'<figure><img src="{e(name)}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption></figure>'
+                         for name, caption in images[section])
+
+    def fmt(value: float | None, pattern: str) -> str:
+        return "–" if value is None else pattern.format(value)
+
+    rows = "\n".join(
+        f"<tr><td>{e(p)}</td><td>{ep}</td><td>{e(b)}</td><td>{size}</td><td>{e(op)}</td>"
+        f"<td>{v:.2f}</td><td>{fmt(base, '{:.2f}')}</td><td>{fmt(ch, '{:+.1f}%')}</td></tr>"
+        for p, ep, b, size, op, v, base, ch in table)
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>moecomm nightly report: {e(run_id)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
+table {{ border-collapse: collapse; font-size: 0.85em; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
+figure {{ display: inline-block; margin: 0.5em; }} figcaption {{ font-size: 0.8em; color: #444; max-width: 580px; }}
+</style></head><body>
+<h1>moecomm nightly report</h1>
+<p>Run <b>{e(run_id)}</b> at {e(run_at)}. Times are the slowest rank's (its median iteration where
+the run had <code>--iter_stats</code>, else its mean), in µs; the baseline is the median of up to
+{BASELINE_NIGHTS} earlier nights.</p>
+<h2>Alerts {e(alert_title)}: {n_alerts}</h2>
+{figures("alerts")}
+<h2>This night against its history</h2>
+<table><tr><th>profile</th><th>EP</th><th>backend</th><th>tokens</th><th>op</th><th>µs</th><th>baseline µs</th><th>change</th></tr>
+{rows}
+</table>
+{figures("history")}
+<h2>Backends compared</h2>
+{figures("backends")}
+</body></html>
+"""
