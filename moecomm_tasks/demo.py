@@ -87,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
     run_id, state = run_dag(logical_date, airflow_home, args.matrix)
     summary = nightly.run_summary(db.make_engine(), run_id)
     console.print(nightly.report_text(engine, run_id), markup=False, highlight=False)
+    page = nightly.report_dir(run_id) / "index.html"
     console.print(f"\nDAG run {run_id}: {state}; jobs: {summary['states']}; "
                   f"{time.monotonic() - started:.0f} s", markup=False)
+    if page.exists():
+        console.print(f"HTML report: {page}", markup=False)
     for failed in summary["failed"]:
         err_console.print(f"job {failed['job']}: {failed['error']}", markup=False)
     return 0 if state == "success" else 1

@@ -108,9 +108,10 @@ def rule_two_nights(values: np.ndarray, baseline: int = 7) -> list[tuple[int, in
     return out
 
 
-def otava_online(values: np.ndarray, max_pvalue: float) -> list[tuple[int, int]]:
+def otava_online(values: np.ndarray, max_pvalue: float, confirm: int = 2) -> list[tuple[int, int]]:
     """Otava as a nightly job uses it: every night, analyse the history so far (its own API) and
-    alert on each regression change point in the last FOUND_WITHIN nights not reported before."""
+    alert on each regression change point in the last FOUND_WITHIN nights not reported before,
+    once `confirm` nights follow it (like ours, which never alerts on one night alone)."""
     from otava.series import AnalysisOptions, Metric, Series
 
     options = AnalysisOptions()
@@ -122,7 +123,7 @@ def otava_online(values: np.ndarray, max_pvalue: float) -> list[tuple[int, int]]
     for t in range(FIRST_TESTED, len(data)):
         series = Series("s", None, list(range(t + 1)), {"v": Metric(1, 1.0)}, {"v": data[:t + 1]}, {})
         for cp in series.analyze(options).change_points["v"]:
-            if cp.index < t + 1 - FOUND_WITHIN or cp.forward_change_percent() <= 0:
+            if cp.index < t + 1 - FOUND_WITHIN or cp.index > t + 1 - confirm or cp.forward_change_percent() <= 0:
                 continue
             if any(abs(cp.index - seen) <= LOCATION_SLACK for seen in reported):
                 continue
