@@ -173,7 +173,7 @@ def main() -> None:
     parser.add_argument("--series", type=int, default=400, help="series per scenario (the null scenario gets 2x)")
     parser.add_argument("--seed", type=int, default=20261124)
     parser.add_argument("--otava-input", choices=["headline", "slowest"], default="headline")
-    parser.add_argument("--pvalues", default="1e-3,1e-5,1e-7,1e-9,1e-12,1e-15",
+    parser.add_argument("--pvalues", default="1e-3,1e-5,1e-7,3e-8,1e-8,3e-9,1e-9,1e-12,1e-15",
                         help="Otava p-values tried when matching our false-alarm rate")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
