@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logical-date", help="ISO-8601 time with a zone; the same one reruns the same DAG run")
     p.add_argument("--airflow-home", help="default: $MOECOMM_HOME/airflow")
     p.add_argument("--regression", action="store_true",
-                   help="instead: measure 24 real nights, the last 3 made slower by --extra_combine_passes, and "
+                   help="instead: measure 25 real nights, the last 4 made slower by --extra_combine_passes, and "
                         "show the detector's alert (about 2 minutes)")
     p.set_defaults(func=cmd_demo)
 

@@ -110,7 +110,7 @@ def load_samples(args: argparse.Namespace) -> int:
     return 0
 
 
-REGRESSION_NIGHTS, REGRESSION_BAD_NIGHTS, REGRESSION_PASSES = 21, 3, 6
+REGRESSION_NIGHTS, REGRESSION_BAD_NIGHTS, REGRESSION_PASSES = 21, 4, 40
 
 
 def regression_nights(engine, *, nights: int = REGRESSION_NIGHTS, bad_nights: int = REGRESSION_BAD_NIGHTS,
