@@ -122,7 +122,8 @@ def test_nightly_run_end_to_end_with_a_crash_and_a_hang(tmp_path, database_url, 
     matrix = tmp_path / "matrix.toml"
     matrix.write_text(MATRIX)
     airflow_home = tmp_path / "airflow"
-    env = dict(os.environ, MOECOMM_DATABASE_URL=database_url, MOECOMM_FAILURE_WEBHOOK_URL=url)
+    env = dict(os.environ, MOECOMM_DATABASE_URL=database_url, MOECOMM_FAILURE_WEBHOOK_URL=url,
+               MOECOMM_ALERT_WEBHOOK_URL=url + "alerts")
     argv = [str(Path(sys.executable).parent / "moecomm"), "demo", "--matrix", str(matrix), "--logical-date", "2026-11-20T02:00:00+00:00",
             "--airflow-home", str(airflow_home)]
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
@@ -149,8 +150,13 @@ def test_nightly_run_end_to_end_with_a_crash_and_a_hang(tmp_path, database_url, 
     assert sorted(p.name for p in kept.iterdir()) == sorted(
         f"{b}-{p}-ep2" for b in ("TORCH_ALLTOALL", "TORCH_ALLGATHER") for p in ("deepseek_v3", "gpt_oss"))
     assert (kept / "TORCH_ALLGATHER-gpt_oss-ep2" / "stdout.txt").read_text().startswith("{")
-    # The DAG-level failure notifier said which jobs failed.
+    # The DAG-level failure notifier said which jobs failed; one night raises no alert: no digest.
     assert received and received[0]["summary"]["states"] == {"failed": 2, "succeeded": 2}
+    assert not [r for r in received if "groups" in r]
+    # The report task wrote the run's HTML report, whatever failed before it.
+    report = airflow_home / "logs" / "moecomm" / "reports" / "manual__2026-11-20T02_00_00_00_00" / "index.html"
+    assert report.exists() and f"HTML report: {report}" in first.stdout
+    assert "backends_deepseek_v3_2_dispatch.png" in report.read_text()
 
     before = counts(engine)
     second = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
