@@ -140,6 +140,7 @@ class Score:
     nights: int = 0
     found: dict[str, list[bool]] = field(default_factory=dict)
     delays: dict[str, list[int]] = field(default_factory=dict)
+    found_anywhere: dict[str, list[bool]] = field(default_factory=dict)
 
     def null(self, alerts: list[tuple[int, int]]) -> None:
         self.alarms += len(alerts)
@@ -149,11 +150,18 @@ class Score:
         hits = [t - CHANGE_AT for t, where in alerts
                 if abs(where - CHANGE_AT) <= LOCATION_SLACK and CHANGE_AT <= t < CHANGE_AT + FOUND_WITHIN]
         self.found.setdefault(scenario, []).append(bool(hits))
+        # Looser: any regression alert raised in the 7 nights after the change, wherever it puts it.
+        anywhere = [t for t, _ in alerts if CHANGE_AT <= t < CHANGE_AT + FOUND_WITHIN]
+        self.found_anywhere.setdefault(scenario, []).append(bool(anywhere))
         if hits:
             self.delays.setdefault(scenario, []).append(min(hits))
 
     def fa_per_1000(self) -> float:
         return 1000.0 * self.alarms / max(self.nights, 1)
+
+    def recall_anywhere(self, scenario: str) -> str:
+        hits = self.found_anywhere.get(scenario, [])
+        return f"{100.0 * sum(hits) / len(hits):.0f}%" if hits else "n/a"
 
     def recall(self, scenario: str) -> str:
         hits = self.found.get(scenario, [])
@@ -234,6 +242,11 @@ def main() -> None:
     print("|---|---:|" + "---:|" * len(labels))
     for name, score in scores.items():
         print(f"| {name} | {score.fa_per_1000():.2f} | " + " | ".join(score.recall(lb) for lb in labels) + " |")
+    print("\nLooser: any regression alert in the 7 nights after the change, location ignored\n")
+    print("| detector | " + " | ".join(labels) + " |")
+    print("|---|" + "---:|" * len(labels))
+    for name, score in scores.items():
+        print(f"| {name} | " + " | ".join(score.recall_anywhere(lb) for lb in labels) + " |")
     print(f"\n({time.perf_counter() - started:.0f} s)")
 
 
