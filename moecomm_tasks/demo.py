@@ -117,7 +117,8 @@ def regression_nights(engine, *, nights: int = REGRESSION_NIGHTS, bad_nights: in
                       passes: int = REGRESSION_PASSES, start: datetime | None = None,
                       timeout_s: float = 120.0, progress=None) -> list[str]:
     """Measure a history for real and make it slower for real: `nights` runs of the worker (2 ranks
-    under mpirun, TORCH_ALLTOALL, gpt_oss, 128 tokens, `--iter_stats`), then `bad_nights` runs
+    under mpirun, TORCH_ALLTOALL, gpt_oss, 96 tokens: a series of its own, apart from the CPU
+    matrix's, `--iter_stats`), then `bad_nights` runs
     with `--extra_combine_passes passes` (real extra passes over the combine output), each loaded
     as one night. Returns the run ids, oldest first."""
     import subprocess
@@ -135,7 +136,7 @@ def regression_nights(engine, *, nights: int = REGRESSION_NIGHTS, bad_nights: in
         with tempfile.TemporaryDirectory(prefix="moecomm-regression-") as tmp:
             out = Path(tmp) / "report.json"
             program = [sys.executable, "-m", "moecomm_tasks.bench", "--ep_size", "2", "--device", "cpu",
-                       "--backend", "TORCH_ALLTOALL", "--profile", "gpt_oss", "-b", "128", "-e", "128",
+                       "--backend", "TORCH_ALLTOALL", "--profile", "gpt_oss", "-b", "96", "-e", "96",
                        "--iters", "60", "--warmup", "5", "--iter_stats", "--output_file", str(out), *extra]
             done = subprocess.run(mpi.mpirun_argv(2, program), env=mpi.mpirun_env(), capture_output=True,
                                   text=True, timeout=timeout_s, check=False)
@@ -158,6 +159,12 @@ def regression(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     engine = _engine()
+    import sqlalchemy as sa
+
+    with engine.begin() as conn:  # a previous demo's nights (and their alerts) make way for this one's
+        dropped = conn.execute(sa.text("DELETE FROM run WHERE run_id LIKE 'regression-demo-%'")).rowcount
+    if dropped:
+        err_console.print(f"Replacing the {dropped} nights of the previous regression demo.")
     err_console.print(f"Running the worker {REGRESSION_NIGHTS} nights, then {REGRESSION_BAD_NIGHTS} nights with "
                       f"--extra_combine_passes {REGRESSION_PASSES} (about 5 s a night) ...")
     regression_nights(engine, progress=(lambda i, n: err_console.print(f"  night {i}/{n}", end="\r"))
