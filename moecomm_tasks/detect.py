@@ -111,18 +111,19 @@ def _drop_outlier_nights(z: np.ndarray, params: Params) -> np.ndarray | None:
 
 
 def _locate(x: np.ndarray, start: int, t: int, found: int, sign: float, sigma: float, params: Params) -> int:
-    """Where the change found by the window starting at `found` begins: the night, among those
-    the windows reach, after which the nights sit furthest from the baseline before them (the
-    mean deviation times the square root of the count, unclipped but without nights further than
-    the gate beyond the nights' median: spikes). Clipping, which keeps spikes from raising alarms, would otherwise favour
-    windows that reach back over the last good nights."""
+    """Where the change found by the window starting at `found` begins: the most likely night for
+    a step of the size that window shows (its median deviation d), i.e. the night k among those
+    the windows reach that maximises the sum over nights k..t of (deviation - d/2), unclipped but
+    without spikes (nights beyond the gate above d). Clipping, which keeps spikes from raising
+    alarms, would otherwise favour windows that reach back over the last good nights."""
     earliest = max(start + params.min_baseline, params.min_history, t - params.max_window + 1)
     level = _level(x[max(start, earliest - params.baseline_window):earliest])
+    shift = max(float(np.median(sign * (x[found:t + 1] - level))), 0.0)
     best_score, best_at = -math.inf, found
     for first_bad in range(earliest, t):
         deviation = sign * (x[first_bad:t + 1] - level)
-        kept = deviation[deviation <= params.gate * sigma + max(float(np.median(deviation)), 0.0)]  # no spikes
-        score = float(kept.mean()) * math.sqrt(len(kept)) if len(kept) else -math.inf
+        kept = deviation[deviation <= params.gate * sigma + shift]  # no spikes
+        score = float(np.sum(kept - shift / 2.0))
         if score > best_score:
             best_score, best_at = score, first_bad
     return best_at
