@@ -13,23 +13,22 @@ from sqlalchemy.engine import Engine
 
 from moecomm_tasks.detect import Params, detect
 from moecomm_tasks.errors import MoecommError
+from moecomm_tasks.query import SERIES_KEY as SERIES
 
-SERIES = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "op", "gpu_model")
 PROVENANCE_FIELDS = ("gpu_model", "driver_version", "cuda_version", "nccl_version", "torch_version",
                      "trtllm_version", "trtllm_commit")
 STATES = ("open", "acknowledged", "resolved", "muted")
 
 
-def _history(engine: Engine) -> dict[tuple, list[sa.Row]]:
-    with engine.connect() as conn:
-        rows = conn.execute(sa.text("""
-            SELECT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
-                   COALESCE(gpu_model, '') AS gpu_model, run_id, run_at,
-                   COALESCE(slowest_rank_median_us, slowest_rank_us) AS night_us, slowest_rank,
-                   within_night_stdev_us, job_key
-            FROM nightly_series WHERE NOT excluded
-            ORDER BY backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, run_at, run_id
-        """)).all()
+def _history(conn: sa.Connection) -> dict[tuple, list[sa.Row]]:
+    rows = conn.execute(sa.text("""
+        SELECT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
+               COALESCE(gpu_model, '') AS gpu_model, run_id, run_at,
+               COALESCE(slowest_rank_median_us, slowest_rank_us) AS night_us, slowest_rank,
+               within_night_stdev_us, job_key
+        FROM nightly_series WHERE NOT excluded
+        ORDER BY backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, run_at, run_id
+    """)).all()
     series: dict[tuple, list[sa.Row]] = defaultdict(list)
     for row in rows:
         series[tuple(getattr(row, k) for k in SERIES)].append(row)
@@ -38,9 +37,8 @@ def _history(engine: Engine) -> dict[tuple, list[sa.Row]]:
 
 def _provenance(conn: sa.Connection, run_id: str, job_key: str) -> dict[str, Any]:
     row = conn.execute(sa.text(f"""
-        SELECT {', '.join('p.' + f for f in PROVENANCE_FIELDS)}
-        FROM provenance p JOIN job j USING (job_pk) JOIN run r USING (run_pk)
-        WHERE r.run_id = :run AND j.job_key = :key"""), {"run": run_id, "key": job_key}).first()
+        SELECT {', '.join(PROVENANCE_FIELDS)} FROM provenance_flat WHERE run_id = :run AND job_key = :key"""),
+        {"run": run_id, "key": job_key}).first()
     return dict(row._mapping) if row else {}
 
 
@@ -48,7 +46,7 @@ def run_detection(engine: Engine, params: Params = Params()) -> list[dict[str, A
     """Detect changes in every series' history; store the new ones; return them (oldest first)."""
     raised = []
     with engine.begin() as conn:
-        for key, nights in _history(engine).items():
+        for key, nights in _history(conn).items():
             # The slowest rank's median (its mean without --iter_stats), and the within-night
             # standard error of ~200 iterations where known.
             values = [n.night_us for n in nights]

@@ -26,21 +26,16 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
+from moecomm_tasks.query import series_where_literal
+
 log = logging.getLogger(__name__)
 TIMEOUT_S = 10
 
 
 def series_sql(alert: dict[str, Any]) -> str:
     """The query that shows an alert's series around its change (public view `nightly_series`)."""
-    def lit(value: Any) -> str:
-        return str(int(value)) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
-
-    keys = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "op", "gpu_model")
-    where = " AND ".join(
-        f"COALESCE({k}, '') = {lit(alert[k])}" if k in ("quant_algo", "gpu_model") else f"{k} = {lit(alert[k])}"
-        for k in keys)
     return (f"SELECT run_id, run_at, excluded, slowest_rank_us, median_us, within_night_stdev_us "
-            f"FROM nightly_series WHERE {where} ORDER BY run_at;")
+            f"FROM nightly_series WHERE {series_where_literal(alert)} ORDER BY run_at;")
 
 
 @dataclass(frozen=True)

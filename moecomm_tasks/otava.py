@@ -18,6 +18,8 @@ import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Engine
 
+from moecomm_tasks.query import series_where_literal
+
 TEMPLATE = {
     "type": "postgres",
     "time_column": "run_at",
@@ -32,10 +34,6 @@ WHERE NOT n.excluded AND {where}
 ORDER BY n.run_at"""
 
 
-def _literal(value) -> str:
-    return str(int(value)) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
-
-
 def test_name(backend: str, profile: str, ep_size: int, quant: str, size: int, op: str) -> str:
     name = f"{backend}.{profile}.ep{ep_size}.{quant or 'default'}.{size}.{op}"
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
@@ -45,15 +43,11 @@ def config(engine: Engine) -> dict:
     """The Otava configuration (as a dict) for every series in the database."""
     with engine.connect() as conn:
         series = conn.execute(sa.text("""
-            SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant, local_batch_size, op
+            SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op
             FROM nightly_series ORDER BY 1, 2, 3, 4, 5, 6""")).all()
     tests = {}
     for s in series:
-        where = " AND ".join([
-            f"n.backend = {_literal(s.backend)}", f"n.profile = {_literal(s.profile)}",
-            f"n.ep_size = {int(s.ep_size)}", f"COALESCE(n.quant_algo, '') = {_literal(s.quant)}",
-            f"n.local_batch_size = {int(s.local_batch_size)}", f"n.op = {_literal(s.op)}",
-            "COALESCE(n.gpu_model, '') = %{BRANCH}"])
+        where = series_where_literal(dict(s._mapping), alias="n.", gpu_model="%{BRANCH}")
         tests[test_name(*s)] = {"inherit": ["moecomm_series"], "query": QUERY.format(where=where)}
     return {"templates": {"moecomm_series": TEMPLATE}, "tests": tests}
 

@@ -49,6 +49,28 @@ def runs(engine: Engine, limit: int = 50) -> list[sa.Row]:
 SERIES_KEY = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "op", "gpu_model")
 
 
+def sql_literal(value: object) -> str:
+    """An integer, or a quoted SQL string literal."""
+    return str(int(value)) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+
+
+def series_where_literal(series: dict, alias: str = "", gpu_model: str | None = None) -> str:
+    """A WHERE condition naming one series with literals, for SQL shown to people or handed to
+    other tools (not run with parameters here). A null quantization or GPU model compares as ''.
+    `gpu_model`, when given, is used as written for the GPU model's value (a placeholder)."""
+    clauses = []
+    for key in SERIES_KEY:
+        if key == "gpu_model" and gpu_model is not None:
+            value = gpu_model
+        elif key in series:
+            value = sql_literal(series[key])
+        else:
+            continue
+        column = f"{alias}{key}"
+        clauses.append(f"COALESCE({column}, '') = {value}" if key in ("quant_algo", "gpu_model") else f"{column} = {value}")
+    return " AND ".join(clauses)
+
+
 def trend(engine: Engine, series: SeriesFilter, since: datetime | None = None) -> list[sa.Row]:
     """One series' nightly points, oldest first. Raises when the filter matches several series."""
     where, params = series.where()
