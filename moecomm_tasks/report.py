@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import html
 import re
+import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,11 +95,8 @@ def _slug(*parts: Any) -> str:
 
 
 def _baseline(points: list[Point]) -> float | None:
-    earlier = sorted(p.value for p in points[:-1][-BASELINE_NIGHTS:])
-    if not earlier:
-        return None
-    mid = len(earlier) // 2
-    return earlier[mid] if len(earlier) % 2 else (earlier[mid - 1] + earlier[mid]) / 2
+    earlier = [p.value for p in points[:-1][-BASELINE_NIGHTS:]]
+    return statistics.median(earlier) if earlier else None
 
 
 def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> Path:
