@@ -73,7 +73,7 @@ def run_dag(logical_date: datetime, airflow_home: Path, matrix: str | None) -> t
 
 
 def run(args: argparse.Namespace) -> int:
-    from moecomm_tasks import db, nightly
+    from moecomm_tasks import nightly
     from moecomm_tasks.cli import _engine, console, err_console
 
     started = time.monotonic()
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         raise MoecommError(f"--logical-date {args.logical_date!r} has no time zone: add one (e.g. +00:00)")
     airflow_home = Path(args.airflow_home) if args.airflow_home else moecomm_home() / "airflow"
     run_id, state = run_dag(logical_date, airflow_home, args.matrix)
-    summary = nightly.run_summary(db.make_engine(), run_id)
+    summary = nightly.run_summary(engine, run_id)
     console.print(nightly.report_text(engine, run_id), markup=False, highlight=False)
     page = nightly.report_dir(run_id) / "index.html"
     console.print(f"\nDAG run {run_id}: {state}; jobs: {summary['states']}; "
@@ -113,38 +113,37 @@ def load_samples(args: argparse.Namespace) -> int:
 REGRESSION_NIGHTS, REGRESSION_BAD_NIGHTS, REGRESSION_PASSES = 21, 4, 40
 
 
-def regression_nights(engine, *, nights: int = REGRESSION_NIGHTS, bad_nights: int = REGRESSION_BAD_NIGHTS,
-                      passes: int = REGRESSION_PASSES, start: datetime | None = None,
-                      timeout_s: float = 120.0, progress=None) -> list[str]:
+def regression_nights(engine, artifacts: Path, *, nights: int = REGRESSION_NIGHTS,
+                      bad_nights: int = REGRESSION_BAD_NIGHTS, passes: int = REGRESSION_PASSES,
+                      start: datetime | None = None, progress=None) -> list[str]:
     """Measure a history for real and make it slower for real: `nights` runs of the worker (2 ranks
     under mpirun, TORCH_ALLTOALL, gpt_oss, 96 tokens: a series of its own, apart from the CPU
-    matrix's, `--iter_stats`), then `bad_nights` runs
-    with `--extra_combine_passes passes` (real extra passes over the combine output), each loaded
-    as one night. Returns the run ids, oldest first."""
-    import subprocess
-    import sys
-    import tempfile
+    matrix's, `--iter_stats`), then `bad_nights` runs with `--extra_combine_passes passes` (real
+    extra passes over the combine output), each launched, kept under `artifacts` and loaded as
+    one night by the nightly job's own code. Returns the run ids, oldest first."""
     from datetime import timedelta
 
-    from moecomm_tasks import mpi
+    from moecomm_tasks import nightly
+    from moecomm_tasks.matrix import parse_matrix
 
+    def matrix(extra: list[str]):
+        return parse_matrix({
+            "backends": ["TORCH_ALLTOALL"], "profiles": ["gpt_oss"], "ep_sizes": [2], "timeout_s": 120,
+            "worker_args": ["--device", "cpu", *extra],
+            "sweep": {"min": 96, "max": 96, "iters": 60, "warmup": 5, "iter_stats": True},
+            "launcher": {"kind": "local", "oversubscribe": True},
+        }, "the regression demo")
+
+    good, bad = matrix([]), matrix(["--extra_combine_passes", str(passes)])
     start = start or datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc)
     stamp = start.strftime("%Y%m%d")
     run_ids = []
     for index in range(nights + bad_nights):
-        extra = ["--extra_combine_passes", str(passes)] if index >= nights else []
-        with tempfile.TemporaryDirectory(prefix="moecomm-regression-") as tmp:
-            out = Path(tmp) / "report.json"
-            program = [sys.executable, "-m", "moecomm_tasks.bench", "--ep_size", "2", "--device", "cpu",
-                       "--backend", "TORCH_ALLTOALL", "--profile", "gpt_oss", "-b", "96", "-e", "96",
-                       "--iters", "60", "--warmup", "5", "--iter_stats", "--output_file", str(out), *extra]
-            done = subprocess.run(mpi.mpirun_argv(2, program), env=mpi.mpirun_env(), capture_output=True,
-                                  text=True, timeout=timeout_s, check=False)
-            if done.returncode != 0:
-                raise MoecommError(f"the worker failed (exit {done.returncode}): {done.stderr[-2000:]}")
-            run_id = f"regression-demo-{stamp}-{index:02d}"
-            store.load(engine, parse.parse_paths([out]), run_id, start + timedelta(days=index))
-            run_ids.append(run_id)
+        config = bad if index >= nights else good
+        run_id = f"regression-demo-{stamp}-{index:02d}"
+        nightly.run_job(config, config.jobs()[0], run_id=run_id, run_at=start + timedelta(days=index),
+                        engine=engine, artifacts_in=artifacts)
+        run_ids.append(run_id)
         if progress:
             progress(index + 1, nights + bad_nights)
     return run_ids
@@ -157,17 +156,18 @@ def regression(args: argparse.Namespace) -> int:
     from moecomm_tasks import alerts
     from moecomm_tasks.cli import _engine, console, err_console
 
-    started = time.monotonic()
-    engine = _engine()
     import sqlalchemy as sa
 
+    started = time.monotonic()
+    engine = _engine()
     with engine.begin() as conn:  # a previous demo's nights (and their alerts) make way for this one's
         dropped = conn.execute(sa.text("DELETE FROM run WHERE run_id LIKE 'regression-demo-%'")).rowcount
     if dropped:
         err_console.print(f"Replacing the {dropped} nights of the previous regression demo.")
     err_console.print(f"Running the worker {REGRESSION_NIGHTS} nights, then {REGRESSION_BAD_NIGHTS} nights with "
                       f"--extra_combine_passes {REGRESSION_PASSES} (about 5 s a night) ...")
-    regression_nights(engine, progress=(lambda i, n: err_console.print(f"  night {i}/{n}", end="\r"))
+    regression_nights(engine, moecomm_home() / "regression-demo",
+                      progress=(lambda i, n: err_console.print(f"  night {i}/{n}", end="\r"))
                       if err_console.is_terminal else None)
     raised = [a for a in alerts.run_detection(engine) if a["last_good_run_id"].startswith("regression-demo-")]
     console.print(json.dumps(raised, indent=2, default=str), markup=False, highlight=False)

@@ -91,9 +91,12 @@ class JobOutcome:
         return dict(self.__dict__)
 
 
-def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: Engine) -> JobOutcome:
-    """Launch, keep the outputs, parse, load. Raises BenchmarkFailed after recording a failed job."""
-    artifacts = artifacts_root() / _safe(run_id) / _safe(job.name)
+def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: Engine,
+            artifacts_in: Path | None = None) -> JobOutcome:
+    """Launch, keep the outputs, parse, load. Raises BenchmarkFailed after recording a failed job.
+
+    The outputs go to `<artifacts_in>/<run id>/<job>/` (default: `artifacts_root()`)."""
+    artifacts = (artifacts_in or artifacts_root()) / _safe(run_id) / _safe(job.name)
     spec = launch.build(matrix, job, artifacts)
     log.info("launching %s: %s", job.name, spec.argv)
     result = launch.run(spec)

@@ -11,8 +11,8 @@ from moecomm_tasks import alerts, demo
 pytestmark = pytest.mark.integration
 
 
-def test_a_real_slowdown_is_caught_where_it_starts(engine):
-    run_ids = demo.regression_nights(engine)
+def test_a_real_slowdown_is_caught_where_it_starts(engine, tmp_path):
+    run_ids = demo.regression_nights(engine, tmp_path)
     raised = alerts.run_detection(engine)
     first_bad = run_ids[demo.REGRESSION_NIGHTS]
     combine = [a for a in raised if a["op"] == "combine" and a["direction"] == "regression"]
@@ -23,3 +23,4 @@ def test_a_real_slowdown_is_caught_where_it_starts(engine):
     dispatch = [a["change_pct"] for a in raised if a["op"] == "dispatch" and a["first_bad_run_id"] == first_bad]
     assert all(change < combine[0]["change_pct"] for change in dispatch)
     assert alerts.run_detection(engine) == []
+    assert (tmp_path / first_bad / "TORCH_ALLTOALL-gpt_oss-ep2" / "stdout.txt").exists()  # outputs kept
