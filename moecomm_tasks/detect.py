@@ -165,11 +165,11 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             # uncertainty of the baseline's level (about 1.2 sigma^2 / n for this trimmed mean).
             spread = math.sqrt(1.0 / len(z) + 1.2 / len(base))
             for sign in (1.0, -1.0):
-                signed = np.sort(sign * z)
+                signed = sign * z
                 evidence = float(np.clip(signed, -params.clip, params.clip).mean()) / spread
                 shift = sign * (float(np.median(x[first_bad:t + 1])) - level) / level
                 # Sustained: every night of a short window moved (longer ones rest on the clipping).
-                consistent = len(z) > 3 or signed[0] > params.min_night
+                consistent = len(z) > 3 or float(signed.min()) > params.min_night
                 needed = params.threshold + params.short_extra * (params.max_window - window) / (params.max_window - 2)
                 if evidence > needed and consistent and shift >= params.min_change:
                     if best is None or evidence > best[0]:
