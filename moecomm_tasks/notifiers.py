@@ -10,30 +10,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-import urllib.request
 from typing import Any
 
 from airflow.sdk import BaseNotifier
 
+from moecomm_tasks.notify import post_json
+
 log = logging.getLogger(__name__)
-TIMEOUT_S = 10
 TRIES = 3
-
-
-def post_json(url: str, payload: dict[str, Any]) -> None:
-    """POST `payload` to `url`, with a timeout and a bounded retry; raises the last error."""
-    body = json.dumps(payload, default=str).encode()
-    for attempt in range(1, TRIES + 1):
-        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                response.read()
-            return
-        except OSError:
-            if attempt == TRIES:
-                raise
-            time.sleep(2 ** attempt)
 
 
 class RunFailureNotifier(BaseNotifier):
@@ -57,4 +41,4 @@ class RunFailureNotifier(BaseNotifier):
         log.error("moe_comm_nightly run %s failed: %s", run_id, json.dumps(summary, default=str))
         url = os.environ.get("MOECOMM_FAILURE_WEBHOOK_URL")
         if url:
-            post_json(url, {"text": f"moe_comm_nightly run {run_id} failed", "summary": summary})
+            post_json(url, {"text": f"moe_comm_nightly run {run_id} failed", "summary": summary}, tries=TRIES)

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import smtplib
+import time
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
@@ -136,11 +137,24 @@ def send_email(digest: Digest, env: dict[str, str]) -> None:
         smtp.send_message(message)
 
 
+def post_json(url: str, payload: dict[str, Any], tries: int = 1) -> None:
+    """POST `payload` as JSON to `url` with a timeout, up to `tries` times (backing off 2, 4, ...
+    s between them); raises the last error."""
+    body = json.dumps(payload, default=str).encode()
+    for attempt in range(1, tries + 1):
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 (operator-configured URL)
+                response.read()
+            return
+        except OSError:
+            if attempt == tries:
+                raise
+            time.sleep(2 ** attempt)
+
+
 def send_webhook(digest: Digest, url: str) -> None:
-    request = urllib.request.Request(url, data=json.dumps(render_webhook(digest)).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
-    with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:  # noqa: S310 (operator-configured URL)
-        response.read()
+    post_json(url, render_webhook(digest))
 
 
 def send_digest(digest: Digest, env: dict[str, str] | None = None) -> dict[str, str]:
