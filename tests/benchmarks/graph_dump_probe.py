@@ -1,7 +1,6 @@
 """Probe: list the nodes of the CUDA graphs the worker captures (type, kernel name), to see what
 follows the NCCL kernel. Usage: mpirun -np 1 python tests/benchmarks/graph_dump_probe.py WORKER-ARGS"""
 import ctypes
-import os
 import runpy
 import sys
 
@@ -13,9 +12,10 @@ TYPES = {0: "kernel", 1: "memcpy", 2: "memset", 3: "host", 4: "child-graph", 5: 
 
 
 def cudart():
-    for line in open("/proc/self/maps"):
-        if "libcudart.so" in line:
-            return ctypes.CDLL(line.split()[-1])
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            if "libcudart.so" in line:
+                return ctypes.CDLL(line.split()[-1])
     return ctypes.CDLL("libcudart.so")
 
 
@@ -40,7 +40,6 @@ def describe(graph_ptr, label):
             cname = ctypes.c_char_p()
             err2 = rt.cudaFuncGetName(ctypes.byref(cname), ctypes.c_void_p(p.func)) if err == 0 else -1
             name = (cname.value or b"").decode()[:90] if err2 == 0 else f"(params err {err}, name err {err2}) grid={list(p.grid)}"
-        deps = ctypes.c_size_t(0)
         print(f"[probe] {label} node {i}: {TYPES.get(kind.value, kind.value)} {name}", flush=True)
 
 
