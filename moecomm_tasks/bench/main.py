@@ -123,7 +123,7 @@ class Worker:
         times = time_phases(
             backend.dispatch, lambda received: backend.combine(backend.timed_expert_output(received)),
             device=device, iters=self.args.iters, warmup=self.args.warmup,
-            kernel_breakdown=self.args.kernel_breakdown, cuda_graph=not self.args.no_cuda_graph,
+            kernel_breakdown=self.args.kernel_breakdown, cuda_graph=self.args.cuda_graph,
         )
         for note in times.notes:
             if self.ranks.rank == 0:
@@ -176,7 +176,7 @@ class Worker:
         if any(n in TRTLLM_BACKENDS for n in names):
             api, unavailable = load_api()
         timing_method = "monotonic_clock" if ranks.device.type == "cpu" else (
-            "cuda_events" if args.no_cuda_graph else "cuda_events+cuda_graph")
+            "cuda_events+cuda_graph" if args.cuda_graph else "cuda_events")
         header = {
             "bench": "bench_moe_comm",
             "launcher": "mpirun",
@@ -192,7 +192,7 @@ class Worker:
             "num_experts_total": shape.num_experts,
             "max_num_tokens_per_rank": shape.max_num_tokens_per_rank,
             "device_count": torch.cuda.device_count() if ranks.device.type == "cuda" else 0,
-            "cuda_graph": ranks.device.type == "cuda" and not args.no_cuda_graph,
+            "cuda_graph": ranks.device.type == "cuda" and args.cuda_graph,
             "extra_combine_passes": args.extra_combine_passes,
             "provenance": ranks_mod.provenance(ranks, timing_method, {"version": api.version, "commit": api.commit} if api else {}),
         }

@@ -2,9 +2,11 @@
 
 On GPUs each phase is bracketed by CUDA events recorded on the stream that does the work (the
 current stream, which waits for NCCL's), after warm-up, with L2 flushed (a buffer twice the L2
-size zeroed) before every dispatch; by default each phase is a captured CUDA graph, and a spin
-kernel before each phase keeps the GPU ahead of the host, so that host launch latency is not
-counted as communication time. On CPUs a monotonic clock brackets each
+size zeroed) before every dispatch. A spin kernel before each phase keeps the GPU busy while the
+host enqueues the whole phase, so that the events time the GPU's work and not the host's launch
+latency: by default the phase's kernels and NCCL calls are launched eagerly behind a ~2 ms spin;
+with `cuda_graph` each phase is replayed from a captured CUDA graph (a shorter spin suffices),
+which adds the graph's launch and completion to every phase. On CPUs a monotonic clock brackets each
 phase (gloo collectives are synchronous). With `--kernel_breakdown` the same iterations run under
 torch.profiler: the spin kernels (outside the event windows) separate the phases, each device
 activity is attributed to a phase by its place on the GPU timeline, and each phase's
@@ -59,17 +61,20 @@ def _profiler(device: torch.device) -> Any:
 
 
 SEPARATOR_KERNEL = "spin_kernel"
-# About 200 µs of GPU time (at ~2 GHz), more than the host needs to enqueue one phase.
-SPIN_CYCLES = 400_000
+# GPU clock cycles of the spin before each phase (at ~2 GHz): ~2 ms for eager launches, several
+# times what the host needs to enqueue one phase's kernels and NCCL calls with the profiler on
+# (on an H100 host, 200 µs was too short below ~1,000 tokens); ~200 µs for one graph launch.
+EAGER_SPIN_CYCLES = 4_000_000
+GRAPH_SPIN_CYCLES = 400_000
 
 
-def _hold_gpu() -> None:
+def _hold_gpu(cycles: int = GRAPH_SPIN_CYCLES) -> None:
     """Keep the GPU busy outside the timed windows while the host enqueues the next phase.
 
     Without it the events would also time the host's launch latency whenever the GPU catches up
     with the host. The spin kernel also marks the phase boundary on the GPU timeline.
     """
-    torch.cuda._sleep(SPIN_CYCLES)
+    torch.cuda._sleep(cycles)
 
 
 def _attribute_device(raw_events: Any) -> tuple[dict, dict, dict]:
@@ -176,12 +181,12 @@ def time_phases(
         l2_bytes = torch.cuda.get_device_properties(device).L2_cache_size
         flush = torch.empty(max(2 * l2_bytes // 4, 1), dtype=torch.int32, device=device)
         run_dispatch, run_combine = dispatch, combine
-        method = "cuda_events"
+        method, spin = "cuda_events", EAGER_SPIN_CYCLES
         if cuda_graph:
             try:
                 replay_dispatch, replay_combine = _capture(dispatch, combine)
                 run_dispatch, run_combine = replay_dispatch, (lambda _received: replay_combine())
-                method = "cuda_events+cuda_graph"
+                method, spin = "cuda_events+cuda_graph", GRAPH_SPIN_CYCLES
             except Exception as exc:  # capture is an optimisation: fall back to eager launches
                 notes.append(f"CUDA graph capture failed, timing eager launches: {type(exc).__name__}: {exc}")
                 torch.cuda.synchronize()
@@ -191,12 +196,12 @@ def time_phases(
             torch.cuda.synchronize()
             for dispatch_start, dispatch_end, combine_start, combine_end in marks:
                 flush.zero_()
-                _hold_gpu()
+                _hold_gpu(spin)
                 with torch.profiler.record_function("dispatch"):
                     dispatch_start.record()
                     received = run_dispatch()
                     dispatch_end.record()
-                _hold_gpu()
+                _hold_gpu(spin)
                 with torch.profiler.record_function("combine"):
                     combine_start.record()
                     run_combine(received)

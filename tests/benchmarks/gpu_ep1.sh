@@ -15,4 +15,5 @@ run() {  # run NAME ARGS...
 }
 run deepseek_v3 --profile deepseek_v3
 run gpt_oss --profile gpt_oss
-run deepseek_v3_eager --profile deepseek_v3 --no_cuda_graph
+run deepseek_v3_graph --profile deepseek_v3 --cuda_graph
+run gpt_oss_graph --profile gpt_oss --cuda_graph

@@ -1,5 +1,5 @@
 """Probe: list the nodes of the CUDA graphs the worker captures (type, kernel name), to see what
-follows the NCCL kernel. Usage: mpirun -np 1 python tests/benchmarks/graph_dump_probe.py WORKER-ARGS"""
+follows the NCCL kernel. Usage: mpirun -np 1 python tests/benchmarks/graph_dump_probe.py WORKER-ARGS --cuda_graph"""
 import ctypes
 import runpy
 import sys

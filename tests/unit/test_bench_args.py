@@ -65,3 +65,10 @@ def test_unknown_choices_are_refused(argv, capsys):
 def test_backend_is_case_insensitive():
     assert parse("--backend", "torch_alltoall").backend == "TORCH_ALLTOALL"
     assert parse("--backend", "nccl_ep").backend == "NCCL_EP"
+
+
+def test_cuda_graph_is_opt_in():
+    assert (parse().cuda_graph, parse("--cuda_graph").cuda_graph, parse("--no_cuda_graph").cuda_graph) == (False, True, False)
+    with pytest.raises(SystemExit) as raised:
+        parse("--cuda_graph", "--no_cuda_graph")
+    assert raised.value.code == 2
