@@ -6,11 +6,11 @@ size zeroed) before every dispatch. A spin kernel before each phase keeps the GP
 host enqueues the whole phase, so that the events time the GPU's work and not the host's launch
 latency: by default the phase's kernels and NCCL calls are launched eagerly behind a ~2 ms spin;
 with `cuda_graph` each phase is replayed from a captured CUDA graph (a shorter spin suffices),
-which adds the graph's launch and completion to every phase. On CPUs a monotonic clock brackets each
-phase (gloo collectives are synchronous). With `--kernel_breakdown` the same iterations run under
-torch.profiler: the spin kernels (outside the event windows) separate the phases, each device
-activity is attributed to a phase by its place on the GPU timeline, and each phase's
-span (first activity's start to last activity's end) is reported beside the event times.
+which adds the graph's launch and completion to every phase. On CPUs a monotonic clock brackets
+each phase (gloo collectives are synchronous). With `--kernel_breakdown` the same iterations run
+under torch.profiler: the spin kernels (outside the event windows) separate the phases, each
+device activity is attributed to a phase by its place on the GPU timeline, and each phase's span
+(first activity's start to last activity's end) is reported beside the event times.
 """
 
 from __future__ import annotations
