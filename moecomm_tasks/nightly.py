@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from moecomm_tasks import launch, parse, provenance, store
 from moecomm_tasks.bench.args import build_parser, resolve
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.matrix import Job, Matrix
+from moecomm_tasks.names import safe_name
 from moecomm_tasks.records import ParsedJob, ParsedOutput, RunHeader
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,7 @@ def report_dir(run_id: str) -> Path:
     """Where the `report` task writes a run's HTML report: `MOECOMM_REPORT_DIR/<run id>`, else
     `reports/<run id>` under the artifacts folder."""
     root = Path(os.environ["MOECOMM_REPORT_DIR"]) if os.environ.get("MOECOMM_REPORT_DIR") else artifacts_root() / "reports"
-    return root / _safe(run_id)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return root / safe_name(run_id)
 
 
 def plan(matrix: Matrix, params: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
@@ -96,7 +92,7 @@ def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: 
     """Launch, keep the outputs, parse, load. Raises BenchmarkFailed after recording a failed job.
 
     The outputs go to `<artifacts_in>/<run id>/<job>/` (default: `artifacts_root()`)."""
-    artifacts = (artifacts_in or artifacts_root()) / _safe(run_id) / _safe(job.name)
+    artifacts = (artifacts_in or artifacts_root()) / safe_name(run_id) / safe_name(job.name)
     spec = launch.build(matrix, job, artifacts)
     log.info("launching %s: %s", job.name, spec.argv)
     result = launch.run(spec)

@@ -12,12 +12,11 @@ number per night and series: the slowest rank's median iteration (its mean witho
 
 from __future__ import annotations
 
-import re
-
 import sqlalchemy as sa
 import yaml
 from sqlalchemy.engine import Engine
 
+from moecomm_tasks.names import safe_name
 from moecomm_tasks.query import series_where_literal
 
 TEMPLATE = {
@@ -36,7 +35,7 @@ ORDER BY n.run_at"""
 
 def test_name(backend: str, profile: str, ep_size: int, quant: str, size: int, op: str) -> str:
     name = f"{backend}.{profile}.ep{ep_size}.{quant or 'default'}.{size}.{op}"
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    return safe_name(name)
 
 
 def config(engine: Engine) -> dict:

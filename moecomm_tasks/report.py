@@ -17,7 +17,6 @@ external resource, so it opens from a file or any static web server.
 from __future__ import annotations
 
 import html
-import re
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from moecomm_tasks.errors import MoecommError
+from moecomm_tasks.names import safe_name
 
 HISTORY_NIGHTS = 30
 BASELINE_NIGHTS = 7
@@ -91,7 +91,7 @@ def _alert_series(conn: sa.Connection, alert: sa.Row) -> list[Point]:
 
 
 def _slug(*parts: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", "_".join(str(p) for p in parts)).strip("-")
+    return safe_name("_".join(str(p) for p in parts), "-").strip("-")
 
 
 def _baseline(points: list[Point]) -> float | None:
