@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from moecomm_tasks.detect import detect  # noqa: E402
+from moecomm_tasks.detect import Params, detect  # noqa: E402
 
 RANKS, ITERS, NIGHTS, CHANGE_AT, FIRST_TESTED = 8, 200, 80, 50, 14
 WITHIN, BETWEEN, OUTLIER_RATE = 0.03, 0.01, 0.01
@@ -88,8 +88,8 @@ def make_series(rng: np.random.Generator, step: float = 0.0, kind: str = "step")
 
 # --- the detectors: each returns [(night index of the alert, located change index)] of regressions
 
-def ours(night: Night) -> list[tuple[int, int]]:
-    return [(c.detected_at, c.first_bad) for c in detect(night.slowest_median, night.stderr)
+def ours(night: Night, params: Params = Params()) -> list[tuple[int, int]]:
+    return [(c.detected_at, c.first_bad) for c in detect(night.slowest_median, night.stderr, params)
             if c.direction == "regression"]
 
 
@@ -176,6 +176,14 @@ SCENARIOS = [("step", s, f"step +{s * 100:.0f}%") for s in (0.01, 0.02, 0.03, 0.
     ("tail", 0.0, "tail only"), ("straggler", 0.10, "1 rank +10%")]
 
 
+def make_dataset(seed: int, series: int) -> tuple[list[Night], dict[str, list[Night]]]:
+    """The seeded series: 2 x `series` without change, then `series` per change scenario."""
+    rng = np.random.default_rng(seed)
+    nulls = [make_series(rng) for _ in range(2 * series)]
+    changed = {label: [make_series(rng, step, kind) for _ in range(series)] for kind, step, label in SCENARIOS}
+    return nulls, changed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--series", type=int, default=400, help="series per scenario (the null scenario gets 2x)")
@@ -184,10 +192,8 @@ def main() -> None:
     parser.add_argument("--pvalues", default="1e-3,1e-5,1e-7,3e-8,1e-8,3e-9,1e-9,1e-12,1e-15",
                         help="Otava p-values tried when matching our false-alarm rate")
     args = parser.parse_args()
-    rng = np.random.default_rng(args.seed)
     started = time.perf_counter()
-    nulls = [make_series(rng) for _ in range(2 * args.series)]
-    changed = {label: [make_series(rng, step, kind) for _ in range(args.series)] for kind, step, label in SCENARIOS}
+    nulls, changed = make_dataset(args.seed, args.series)
 
     def otava_values(n: Night) -> np.ndarray:
         return n.headline if args.otava_input == "headline" else n.slowest_median

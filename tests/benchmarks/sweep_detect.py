@@ -18,13 +18,11 @@ import sys
 from multiprocessing import Pool
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 import eval_detect as harness
 
-from moecomm_tasks.detect import Params, detect
+from moecomm_tasks.detect import Params
 
 SHOWN = ("step +1%", "step +2%", "step +3%", "step +5%", "1 rank +10%")
 
@@ -39,8 +37,7 @@ def overrides(text: str) -> dict:
 
 def alerts(job: tuple[harness.Night, dict]) -> list[tuple[int, int]]:
     night, params = job
-    return [(c.detected_at, c.first_bad) for c in detect(night.slowest_median, night.stderr, Params(**params))
-            if c.direction == "regression"]
+    return harness.ours(night, Params(**params))
 
 
 def main() -> None:
@@ -53,10 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.clean:
         harness.SPIKE_RATE = harness.BIMODAL_RATE = 0.0
-    rng = np.random.default_rng(args.seed)
-    nulls = [harness.make_series(rng) for _ in range(2 * args.series)]
-    changed = {label: [harness.make_series(rng, step, kind) for _ in range(args.series)]
-               for kind, step, label in harness.SCENARIOS}
+    nulls, changed = harness.make_dataset(args.seed, args.series)
     print(f"seed {args.seed}, {len(nulls)} series without change, {args.series} per scenario"
           + (", no spike or bimodal nights" if args.clean else ""))
     print("| overrides | false alarms / 1,000 | " + " | ".join(SHOWN) + " |")
