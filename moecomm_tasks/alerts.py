@@ -5,13 +5,15 @@ muted). Reads the public views; writes only the `alert` table.
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from moecomm_tasks.detect import Params, detect
+from moecomm_tasks.detect import Params, detect, median_stderr
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.query import SERIES_KEY as SERIES
 
@@ -25,7 +27,7 @@ def _history(conn: sa.Connection) -> dict[tuple, list[sa.Row]]:
         SELECT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
                COALESCE(gpu_model, '') AS gpu_model, run_id, run_at,
                COALESCE(slowest_rank_median_us, slowest_rank_us) AS night_us, slowest_rank,
-               within_night_stdev_us, job_key
+               slowest_rank_median_us, slowest_rank_min_us, median_min_log_ratio, job_key
         FROM nightly_series WHERE NOT excluded
         ORDER BY backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, run_at, run_id
     """)).all()
@@ -33,6 +35,10 @@ def _history(conn: sa.Connection) -> dict[tuple, list[sa.Row]]:
     for row in rows:
         series[tuple(getattr(row, k) for k in SERIES)].append(row)
     return series
+
+
+def _known(values: Iterable[float | None]) -> list[float]:
+    return [math.nan if v is None else v for v in values]
 
 
 def _provenance(conn: sa.Connection, run_id: str, job_key: str) -> dict[str, Any]:
@@ -47,11 +53,13 @@ def run_detection(engine: Engine, params: Params = Params()) -> list[dict[str, A
     raised = []
     with engine.begin() as conn:
         for key, nights in _history(conn).items():
-            # The slowest rank's median (its mean without --iter_stats), and the within-night
-            # standard error of ~200 iterations where known.
+            # The slowest rank's median (its mean without --iter_stats); with --iter_stats, that
+            # median's standard error (~200 iterations) and the night's shape.
             values = [n.night_us for n in nights]
-            stderr = [(n.within_night_stdev_us or 0.0) / 200 ** 0.5 for n in nights]
-            for change in detect(values, stderr, params):
+            stderr = median_stderr(_known(n.slowest_rank_median_us for n in nights),
+                                   _known(n.slowest_rank_min_us for n in nights))
+            shape = _known(n.median_min_log_ratio for n in nights)
+            for change in detect(values, stderr, params, shape):
                 good, bad = nights[change.last_good], nights[change.first_bad]
                 before = _provenance(conn, good.run_id, good.job_key)
                 after = _provenance(conn, bad.run_id, bad.job_key)

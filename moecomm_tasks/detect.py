@@ -1,14 +1,22 @@
 """Regression detection on one series: pure functions on arrays, no database.
 
 A series gives, per night, the slowest rank's median time (a collective waits for its slowest
-rank; the median is unmoved by outlier iterations) and the standard error of that night's value
-from the iterations' spread (`--iter_stats`). The detector scans the nights in order, as the
-nightly run sees them:
+rank; the median is unmoved by outlier iterations) and, with `--iter_stats`, two things from the
+iterations themselves: the standard error of that median, from how far the median sits above the
+fastest iteration (slow outlier iterations inflate the standard deviation but do not move the
+median, so the faster half measures its uncertainty; `median_stderr`), and the night's *shape*,
+the ranks' mean log ratio of median to fastest iteration, in which the night's level cancels.
+The detector scans the nights in order, as the nightly run sees them:
 
 * the baseline is the nights since the last change: its level a trimmed mean, its noise between
   nights the biweight spread of those nights (or, with fewer than `direct_noise_nights`, a robust
   spread of successive differences over the recent history, which a level shift barely moves);
   a night whose own standard error is larger than usual counts for less;
+* a night whose median moved away from its own fastest iterations (its shape beyond `shape_gate`
+  robust standard deviations of the baseline's shapes: some of its iterations ran slow, the rest
+  did not, as when a night is bimodal) is an outlier night and is left out of the baseline and of
+  the windows, unless three or more of a window's nights are like it: a shape that persists is a
+  change, not an outlier. A real step moves every iteration, the fastest too, and keeps the shape;
 * a change is a *sustained* shift: the mean deviation of the last L nights (L = 2 ..
   `max_window`), each clipped to +/- `clip` noise units, must exceed a threshold in units of its
   own spread (the window's noise and the uncertainty of the baseline's level); short windows need
@@ -27,6 +35,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Sequence
 
 import numpy as np
@@ -36,8 +45,8 @@ MAD_TO_SIGMA = 1.4826
 
 @dataclass(frozen=True)
 class Params:
-    threshold: float = 2.95     # evidence needed over `max_window` nights, in standard deviations
-    short_extra: float = 0.6    # more evidence needed over 2 nights (linear in between)
+    threshold: float = 3.1      # evidence needed over `max_window` nights, in standard deviations
+    short_extra: float = 0.45   # more evidence needed over 2 nights (linear in between)
     clip: float = 2.2           # the most one night can count, in noise units
     gate: float = 7.0           # nights this far from the rest of their window are left out
     min_night: float = 1.0      # in windows of 2-3 nights, every night must move at least this much
@@ -49,6 +58,8 @@ class Params:
     direct_noise_nights: int = 20  # with this many nights since the last change, noise is their spread
     min_noise: float = 0.002    # floor of the between-night noise, as a fraction of the level
     min_change: float = 0.005   # changes smaller than this fraction are not reported
+    shape_gate: float = 3.5     # nights whose shape is this far above the baseline's are outlier nights
+    min_shape_nights: int = 10  # baseline nights with a known shape needed before shapes are judged
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,30 @@ class Change:
     confidence: float
     baseline: float
     after: float
+
+
+def median_stderr(median: Sequence[float], fastest: Sequence[float], iterations: int = 200) -> np.ndarray:
+    """The standard error of a night's median iteration time from the spread of its faster half:
+    the iterations' standard deviation estimated as (median - fastest) over the expected gap
+    between the median and the minimum of that many normal draws (Blom's approximation), times
+    sqrt(pi/2) / sqrt(iterations). Slow outlier iterations, which dominate the standard deviation,
+    move neither the median nor the fastest iteration. NaN where either is unknown."""
+    gap = -NormalDist().inv_cdf((1.0 - 0.375) / (iterations + 0.25))
+    spread = (np.asarray(median, dtype=float) - np.asarray(fastest, dtype=float)) / gap
+    return math.sqrt(math.pi / 2.0) * np.maximum(spread, 0.0) / math.sqrt(iterations)
+
+
+def _odd_shape(shape: np.ndarray, reference: np.ndarray, params: Params) -> np.ndarray:
+    """Which of `shape` lie beyond the gate above the reference nights' shapes (median and MAD);
+    none while fewer than `min_shape_nights` reference nights have a known shape."""
+    known = reference[np.isfinite(reference)]
+    if len(known) < params.min_shape_nights:
+        return np.zeros(len(shape), dtype=bool)
+    centre = float(np.median(known))
+    spread = float(np.median(np.abs(known - centre))) * MAD_TO_SIGMA
+    if spread <= 0:
+        return np.zeros(len(shape), dtype=bool)
+    return np.nan_to_num((shape - centre) / spread, nan=0.0) > params.shape_gate
 
 
 def _noise(history: np.ndarray, level: float, params: Params) -> float:
@@ -104,13 +139,16 @@ def _drop_outlier_nights(z: np.ndarray, params: Params) -> np.ndarray | None:
     window's median: a spike, an outlier night), or None when what is left cannot tell a step
     from spikes (fewer than three nights, some of them beyond the gate: two nights far out are as
     likely two spikes as a step, and a step that large shows on every night after it)."""
+    if len(z) < 2:
+        return None
     kept = z[np.abs(z - np.median(z)) <= params.gate]
     if len(kept) < 2 or (len(kept) < 3 and np.any(np.abs(kept) > params.gate)):
         return None
     return kept
 
 
-def _locate(x: np.ndarray, start: int, t: int, found: int, sign: float, sigma: float, params: Params) -> int:
+def _locate(x: np.ndarray, shape: np.ndarray, start: int, t: int, found: int, sign: float, sigma: float,
+            params: Params) -> int:
     """Where the change found by the window starting at `found` begins: the most likely night for
     a step of the size that window shows (its median deviation d), i.e. the night k among those
     the windows reach that maximises the sum over nights k..t of (deviation - d/2), unclipped but
@@ -135,10 +173,13 @@ def _confidence(score: float, tests: int) -> float:
     return max(0.0, 1.0 - tail * tests)
 
 
-def detect(values: Sequence[float], stderr: Sequence[float] | None = None, params: Params = Params()) -> list[Change]:
-    """The sustained changes in a series of nightly values (oldest first)."""
+def detect(values: Sequence[float], stderr: Sequence[float] | None = None, params: Params = Params(),
+           shape: Sequence[float] | None = None) -> list[Change]:
+    """The sustained changes in a series of nightly values (oldest first), given each night's
+    standard error (`median_stderr`) and shape where known (NaN or None where not)."""
     x = np.asarray(values, dtype=float)
     se = np.zeros_like(x) if stderr is None else np.nan_to_num(np.asarray(stderr, dtype=float))
+    form = np.full(len(x), np.nan) if shape is None else np.asarray(shape, dtype=float)
     changes: list[Change] = []
     start = 0
     t = start + params.min_baseline + 1
@@ -148,16 +189,20 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             first_bad = t - window + 1
             if first_bad - start < params.min_baseline or first_bad < params.min_history:
                 break
-            base = x[max(start, first_bad - params.baseline_window):first_bad]
+            since = slice(max(start, first_bad - params.baseline_window), first_bad)
+            base = x[since][~_odd_shape(form[since], form[since], params)]  # no outlier nights
             level = _level(base)
             recent = slice(max(0, first_bad - params.noise_window), first_bad)
             if len(base) >= params.direct_noise_nights:  # enough nights since the last change
                 sigma = max(_biweight_sigma(base), params.min_noise * level)
             else:
-                sigma = _noise(x[recent], level, params)
+                sigma = _noise(x[recent][~_odd_shape(form[recent], form[recent], params)], level, params)
             # A night less certain than usual (its iterations spread more) weighs less.
             usual = float(np.median(se[recent] ** 2))
             z = (x[first_bad:t + 1] - level) / np.sqrt(sigma ** 2 + np.maximum(se[first_bad:t + 1] ** 2 - usual, 0.0))
+            odd = _odd_shape(form[first_bad:t + 1], form[since], params)
+            if 0 < odd.sum() < 3:  # outlier nights by shape; three or more are a change of shape
+                z = z[~odd]
             z = _drop_outlier_nights(z, params)
             if z is None:
                 continue
@@ -178,8 +223,9 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             t += 1
             continue
         evidence, direction = abs(best[0]), math.copysign(1.0, best[0])
-        first_bad = _locate(x, start, t, best[1], direction, best[2], params)
-        level = _level(x[max(start, first_bad - params.baseline_window):first_bad])
+        first_bad = _locate(x, form, start, t, best[1], direction, best[2], params)
+        since = slice(max(start, first_bad - params.baseline_window), first_bad)
+        level = _level(x[since][~_odd_shape(form[since], form[since], params)])
         after = float(np.median(x[first_bad:t + 1]))
         changes.append(Change(
             first_bad=first_bad, last_good=first_bad - 1, detected_at=t,

@@ -13,10 +13,11 @@ Each synthetic night is what the worker measures with `--iter_stats`: 8 ranks x 
 lognormal with 3% spread around the night's level, 1% of iterations outliers (1.5-3x), 1%
 lognormal noise between nights (shared by the ranks), a small fixed offset per rank; 2% of
 nights are one-night spikes (+20-30%), 3% are bimodal (30-70% of every rank's iterations 5-15%
-slower). Per night and rank it keeps mean, median and stdev, as the database does.
+slower). Per night and rank it keeps mean, median and minimum, as the database does.
 
-What each detector sees: ours, the per-rank statistics (slowest rank's median, the within-night
-standard error); Otava and the threshold rules, one number per night, the mean over ranks and
+What each detector sees: ours, the per-rank statistics (slowest rank's median, its standard error
+from the iterations' faster half, the night's shape: the ranks' mean log ratio of median to
+fastest iteration); Otava and the threshold rules, one number per night, the mean over ranks and
 iterations (the headline number of a benchmark log). `--otava-input slowest` gives Otava our
 per-night statistic instead, to separate the statistic's share of the difference from the
 method's.
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from moecomm_tasks.detect import Params, detect  # noqa: E402
+from moecomm_tasks.detect import Params, detect, median_stderr  # noqa: E402
 
 RANKS, ITERS, NIGHTS, CHANGE_AT, FIRST_TESTED = 8, 200, 80, 50, 14
 WITHIN, BETWEEN, OUTLIER_RATE = 0.03, 0.01, 0.01
@@ -53,7 +54,8 @@ FOUND_WITHIN, LOCATION_SLACK = 7, 2
 class Night:
     """Per-night inputs of every detector, for one series."""
     slowest_median: np.ndarray
-    stderr: np.ndarray
+    slowest_fastest: np.ndarray   # the slowest rank's fastest iteration
+    shape: np.ndarray             # mean over ranks of log(median / fastest iteration)
     headline: np.ndarray
 
 
@@ -80,16 +82,18 @@ def make_series(rng: np.random.Generator, step: float = 0.0, kind: str = "step")
         tail = rng.random((NIGHTS - CHANGE_AT, RANKS, ITERS)) < 0.05
         it[CHANGE_AT:][tail] *= 1.30
     median = np.median(it, axis=2)
-    stdev = it.std(axis=2, ddof=1)
+    fastest = it.min(axis=2)
     slowest = median.argmax(axis=1)
     rows = np.arange(NIGHTS)
-    return Night(median[rows, slowest], stdev[rows, slowest] / math.sqrt(ITERS), it.mean(axis=(1, 2)))
+    return Night(median[rows, slowest], fastest[rows, slowest], np.log(median / fastest).mean(axis=1),
+                 it.mean(axis=(1, 2)))
 
 
 # --- the detectors: each returns [(night index of the alert, located change index)] of regressions
 
 def ours(night: Night, params: Params = Params()) -> list[tuple[int, int]]:
-    return [(c.detected_at, c.first_bad) for c in detect(night.slowest_median, night.stderr, params)
+    stderr = median_stderr(night.slowest_median, night.slowest_fastest, ITERS)
+    return [(c.detected_at, c.first_bad) for c in detect(night.slowest_median, stderr, params, night.shape)
             if c.direction == "regression"]
 
 

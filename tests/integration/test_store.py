@@ -50,11 +50,15 @@ def test_load_fills_the_public_views(engine, data_dir):
             "SELECT phase, count(*) FROM kernel_flat WHERE run_id = 'nightly-1' GROUP BY phase ORDER BY phase")).all()
         assert [tuple(k) for k in kernels] == [("combine", 2), ("dispatch", 2), ("other", 2)]
         series = conn.execute(sa.text(
-            "SELECT n_ranks, median_us, slowest_rank_us, slowest_rank, within_night_stdev_us "
+            "SELECT n_ranks, median_us, slowest_rank_us, slowest_rank, within_night_stdev_us, "
+            "slowest_rank_median_us, slowest_rank_min_us, median_min_log_ratio "
             "FROM nightly_series WHERE op = 'dispatch'")).one()
         assert series.n_ranks == 2 and series.median_us == pytest.approx((88.5 + 90.25) / 2)
         assert series.slowest_rank_us == 90.25 and series.slowest_rank == 1
         assert series.within_night_stdev_us == pytest.approx(2.9)
+        # The rank with the largest median (rank 1: 89.5) and its fastest iteration; the shape.
+        assert series.slowest_rank_median_us == 89.5 and series.slowest_rank_min_us == 85.0
+        assert series.median_min_log_ratio == pytest.approx((math.log(87.0 / 84.2) + math.log(89.5 / 85.0)) / 2)
 
 
 def test_reload_under_the_same_run_id_changes_no_row(engine, data_dir):

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from moecomm_tasks.detect import Params, detect
+import math
+from statistics import NormalDist
+
+import pytest
+
+from moecomm_tasks.detect import Params, detect, median_stderr
 
 # Twenty-four nights around 100 µs with about 1% noise (the detector needs 21 before it tests).
 FLAT = [100.0, 101.0, 99.0, 100.5, 99.5, 100.0, 101.2, 98.9, 100.3, 99.7, 100.8, 99.2, 100.1, 99.9, 100.4, 99.6,
         100.9, 99.1, 100.2, 99.8, 101.1, 98.8, 100.6, 99.4]
 N = len(FLAT)
+# Their shape (mean log ratio of median to fastest iteration): about 0.08, a little jitter.
+SHAPE = [0.08 + 0.002 * ((i * 7) % 5 - 2) for i in range(N)]
 
 
 def test_a_flat_series_has_no_change():
@@ -66,3 +73,27 @@ def test_within_night_noise_lowers_confidence():
 
 def test_small_changes_below_the_floor_are_not_reported():
     assert detect(FLAT + [100.4] * 6, params=Params(min_noise=0.0001, min_change=0.01)) == []
+
+
+def test_the_median_stderr_comes_from_the_faster_half():
+    # 200 normal iterations with a 3 us spread: the minimum sits ~2.7 spreads under the median.
+    gap = -NormalDist().inv_cdf(0.625 / 200.25)
+    (se,) = median_stderr([100.0], [100.0 - 3.0 * gap], iterations=200)
+    assert se == pytest.approx(math.sqrt(math.pi / 2) * 3.0 / math.sqrt(200))
+    assert math.isnan(median_stderr([100.0], [math.nan])[0])
+
+
+def test_a_night_with_partly_slow_iterations_does_not_make_a_change():
+    # Night N+1 is far up because some of its iterations ran slow (its median left its fastest
+    # iterations behind); around it the nights are only a little high.
+    series = FLAT + [101.5, 106.0, 102.0, 101.0]
+    shape = SHAPE + [0.08, 0.12, 0.08, 0.081]
+    assert detect(series) != []                 # without the shape it looks like a step
+    assert detect(series, shape=shape) == []
+
+
+def test_a_lasting_change_of_shape_is_a_change():
+    # Every night after the change has partly slow iterations: that is the change itself.
+    series = FLAT + [104.0, 104.6, 104.2, 104.4]
+    (change,) = detect(series, shape=SHAPE + [0.12, 0.12, 0.122, 0.121])
+    assert change.first_bad == N and change.direction == "regression"
