@@ -85,17 +85,23 @@ def median_stderr(median: Sequence[float], fastest: Sequence[float], iterations:
     return math.sqrt(math.pi / 2.0) * np.maximum(spread, 0.0) / math.sqrt(iterations)
 
 
-def _odd_shape(shape: np.ndarray, reference: np.ndarray, params: Params) -> np.ndarray:
-    """Which of `shape` lie beyond the gate above the reference nights' shapes (median and MAD);
-    none while fewer than `min_shape_nights` reference nights have a known shape."""
+def _shape_limit(reference: np.ndarray, params: Params) -> float:
+    """The shape above which a night is an outlier night: `shape_gate` robust standard deviations
+    (MAD) above the reference nights' median shape; infinite (no night is) while fewer than
+    `min_shape_nights` of them have a known shape, or their shapes do not vary."""
     known = reference[np.isfinite(reference)]
     if len(known) < params.min_shape_nights:
-        return np.zeros(len(shape), dtype=bool)
+        return math.inf
     centre = float(np.median(known))
     spread = float(np.median(np.abs(known - centre))) * MAD_TO_SIGMA
-    if spread <= 0:
-        return np.zeros(len(shape), dtype=bool)
-    return np.nan_to_num((shape - centre) / spread, nan=0.0) > params.shape_gate
+    return centre + params.shape_gate * spread if spread > 0 else math.inf
+
+
+def _usual_nights(x: np.ndarray, shape: np.ndarray, nights: slice, params: Params) -> tuple[np.ndarray, float]:
+    """The values of `nights` without their outlier nights by shape, and the shape limit that
+    judged them (nights of unknown shape are kept)."""
+    limit = _shape_limit(shape[nights], params)
+    return x[nights][~(shape[nights] > limit)], limit
 
 
 def _noise(history: np.ndarray, level: float, params: Params) -> float:
@@ -147,8 +153,7 @@ def _drop_outlier_nights(z: np.ndarray, params: Params) -> np.ndarray | None:
     return kept
 
 
-def _locate(x: np.ndarray, shape: np.ndarray, start: int, t: int, found: int, sign: float, sigma: float,
-            params: Params) -> int:
+def _locate(x: np.ndarray, start: int, t: int, found: int, sign: float, sigma: float, params: Params) -> int:
     """Where the change found by the window starting at `found` begins: the most likely night for
     a step of the size that window shows (its median deviation d), i.e. the night k among those
     the windows reach that maximises the sum over nights k..t of (deviation - d/2), unclipped but
@@ -190,17 +195,17 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             if first_bad - start < params.min_baseline or first_bad < params.min_history:
                 break
             since = slice(max(start, first_bad - params.baseline_window), first_bad)
-            base = x[since][~_odd_shape(form[since], form[since], params)]  # no outlier nights
+            base, shape_limit = _usual_nights(x, form, since, params)
             level = _level(base)
             recent = slice(max(0, first_bad - params.noise_window), first_bad)
             if len(base) >= params.direct_noise_nights:  # enough nights since the last change
                 sigma = max(_biweight_sigma(base), params.min_noise * level)
             else:
-                sigma = _noise(x[recent][~_odd_shape(form[recent], form[recent], params)], level, params)
+                sigma = _noise(_usual_nights(x, form, recent, params)[0], level, params)
             # A night less certain than usual (its iterations spread more) weighs less.
             usual = float(np.median(se[recent] ** 2))
             z = (x[first_bad:t + 1] - level) / np.sqrt(sigma ** 2 + np.maximum(se[first_bad:t + 1] ** 2 - usual, 0.0))
-            odd = _odd_shape(form[first_bad:t + 1], form[since], params)
+            odd = form[first_bad:t + 1] > shape_limit
             if 0 < odd.sum() < 3:  # outlier nights by shape; three or more are a change of shape
                 z = z[~odd]
             z = _drop_outlier_nights(z, params)
@@ -223,9 +228,9 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             t += 1
             continue
         evidence, direction = abs(best[0]), math.copysign(1.0, best[0])
-        first_bad = _locate(x, form, start, t, best[1], direction, best[2], params)
+        first_bad = _locate(x, start, t, best[1], direction, best[2], params)
         since = slice(max(start, first_bad - params.baseline_window), first_bad)
-        level = _level(x[since][~_odd_shape(form[since], form[since], params)])
+        level = _level(_usual_nights(x, form, since, params)[0])
         after = float(np.median(x[first_bad:t + 1]))
         changes.append(Change(
             first_bad=first_bad, last_good=first_bad - 1, detected_at=t,
