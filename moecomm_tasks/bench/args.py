@@ -1,8 +1,10 @@
 """The benchmark's command line, as the contract (`shared/reference/contract.md`) states it.
 
-Same flags, defaults and error messages as `bench_moe_comm.py` (seed version), plus flags of our
-own for the reference backends: `--device`, `--cuda_graph` (and `--no_cuda_graph`, the default),
-`--copy_baseline`, `--extra_combine_passes`.
+Same flags, defaults and error messages as today's upstream `bench_moe_comm.py` (the version the
+contract names: six profiles, `--random_seed`, `--perfect_router`, `--use_low_precision_combine`,
+`--no_payload_in_workspace`, CUDA-graph replay by default with `--no_cuda_graph`, `--pdl`), plus
+flags of our own: `--device`, `--cuda_graph` (the default, said explicitly), `--timing_method`,
+`--copy_baseline`, `--extra_combine_passes`, `--timeout_s`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,22 @@ class Profile:
 PROFILES = {
     "deepseek_v3": Profile("deepseek_v3", 7168, 8, 256, "FP8_BLOCK_SCALES"),
     "gpt_oss": Profile("gpt_oss", 2880, 4, 128, "W4A8_MXFP4_MXFP8"),
+    "deepseek_v4_flash": Profile("deepseek_v4_flash", 4096, 6, 256, "W4A8_MXFP4_MXFP8"),
+    "deepseek_v4_pro": Profile("deepseek_v4_pro", 7168, 6, 384, "W4A8_MXFP4_MXFP8"),
+    # The all-to-all carries Kimi's latent MoE activations (3584 wide), not its 7168-wide states.
+    "kimi_k3": Profile("kimi_k3", 3584, 16, 896, "W4A8_MXFP4_MXFP8"),
+    "qwen3p8_2p4t_a95b": Profile("qwen3p8_2p4t_a95b", 8192, 10, 512, "NO_QUANT"),
 }
+# `--profile none`: no profile; then --hidden_size, --top_k, --num_experts and --quant are required.
+NO_PROFILE = "none"
+DEFAULT_SEED = 1234
+# How a phase is timed on GPUs (stored as each result's `timing_method`):
+#   kernel_span       upstream's: CUPTI kernel span of the phase, CUDA events where CUPTI cannot;
+#   cuda_events       CUDA events around each phase (no CUPTI);
+#   cuda_events_spin  ours: CUDA events, each phase launched behind a spin kernel that keeps the
+#                     GPU ahead of the host (eager, or one graph per phase with --cuda_graph).
+# On CPUs every method is the host's monotonic clock (`host_clock`).
+TIMING_METHODS = ("kernel_span", "cuda_events", "cuda_events_spin")
 
 
 @dataclass(frozen=True)
@@ -60,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     upper = lambda s: str(s).upper()  # noqa: E731
     parser.add_argument("--ep_size", type=int, default=None, help="number of ranks (default 8); must equal the MPI world size")
     parser.add_argument("--backend", type=upper, default=None, choices=ALL_BACKENDS, help="one backend (default: all)")
-    parser.add_argument("--profile", type=str, default="deepseek_v3", choices=sorted(PROFILES))
+    parser.add_argument("--profile", type=str, default="deepseek_v3", choices=[*sorted(PROFILES), NO_PROFILE],
+                        help="layer shape and quantization (default deepseek_v3); 'none': give all four of "
+                             "--hidden_size, --top_k, --num_experts and --quant")
     parser.add_argument("--hidden_size", type=int, default=None)
     parser.add_argument("-b", "--minbatch", type=int, default=640, help="smallest local_batch_size (tokens per rank)")
     parser.add_argument("-e", "--maxbatch", type=int, default=None, help="largest local_batch_size (default: = min)")
@@ -75,14 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kernel_breakdown", action="store_true")
     parser.add_argument("--iter_stats", action="store_true")
     parser.add_argument("--output_file", type=str, default=None)
+    parser.add_argument("--random_seed", type=int, default=DEFAULT_SEED,
+                        help="base seed of the inputs; rank r seeds with random_seed + r (default 1234)")
+    parser.add_argument("--perfect_router", action="store_true",
+                        help="deterministic balanced routing instead of uniform random experts")
+    parser.add_argument("--use_low_precision_combine", action="store_true",
+                        help="FP8 combine where the backend has one")
+    parser.add_argument("--no_payload_in_workspace", action="store_true",
+                        help="write the simulated expert output outside the backend's workspace, so combine "
+                             "pays its staging copy (default: into the combine input region where one exists)")
+    graphs = parser.add_mutually_exclusive_group()
+    graphs.add_argument("--no_cuda_graph", action="store_true",
+                        help="launch the iterations eagerly instead of replaying them from a CUDA graph")
+    graphs.add_argument("--cuda_graph", action="store_true",
+                        help="replay the iterations from a CUDA graph (the default; kept for older matrices)")
+    parser.add_argument("--pdl", action="store_true",
+                        help="Programmatic Dependent Launch for TensorRT-LLM's kernels (TRTLLM_ENABLE_PDL=1)")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="where the reference backends run (auto: CUDA when available)")
-    graphs = parser.add_mutually_exclusive_group()
-    graphs.add_argument("--cuda_graph", action="store_true",
-                        help="replay each phase from a captured CUDA graph instead of launching it eagerly "
-                             "(on an H100 small phases then take ~2 µs longer: the graph's completion)")
-    graphs.add_argument("--no_cuda_graph", action="store_true",
-                        help="launch each phase eagerly, the GPU kept ahead of the host (the default)")
+    parser.add_argument("--timing_method", choices=TIMING_METHODS, default="kernel_span",
+                        help="GPU timing: CUPTI kernel spans as upstream (falling back to CUDA events), "
+                             "plain CUDA events, or CUDA events behind a spin kernel (ours)")
     parser.add_argument("--copy_baseline", action="store_true",
                         help="also time a device-to-device copy of each dispatch payload")
     parser.add_argument("--extra_combine_passes", type=int, default=0,
@@ -127,11 +159,18 @@ def resolve(args: argparse.Namespace, ep_size: int) -> Shape:
     if ep_size <= 0:
         raise ValueError("--ep_size must be > 0")
     sizes = local_batch_sizes(args)
-    profile = PROFILES[args.profile]
+    profile = PROFILES.get(args.profile)
+    if profile is None and None in (args.hidden_size, args.top_k, args.num_experts, args.quant):
+        raise ValueError(
+            "No --profile specified; must provide --hidden_size, --top_k, --num_experts, and --quant."
+        )
     hidden = int(args.hidden_size or profile.hidden_size)
     top_k = int(args.top_k or profile.top_k)
     experts = int(args.num_experts or profile.num_experts)
     quant = args.quant or profile.quant_algo
+    for name, value in (("hidden_size", hidden), ("top_k", top_k), ("num_experts", experts)):
+        if value <= 0:
+            raise ValueError(f"--{name} must be > 0")
     largest = max(sizes)
     max_tokens = int(args.max_num_tokens_per_rank or largest)
     if max_tokens < largest:

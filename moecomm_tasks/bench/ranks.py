@@ -52,9 +52,15 @@ def pick_device(requested: str, local_rank: int) -> torch.device:
         return torch.device("cpu")
     if not torch.cuda.is_available():
         raise RuntimeError("--device cuda was given but CUDA is not available")
-    index = local_rank % torch.cuda.device_count()
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise RuntimeError(
+            f"more ranks on this host than GPUs: local rank {local_rank}, {count} visible GPU(s). "
+            "Start at most one rank per GPU on each host (e.g. srun --ntasks-per-node=<gpus>, "
+            "mpirun --map-by ppr:<gpus>:node) or make more GPUs visible (CUDA_VISIBLE_DEVICES)."
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
 
 
 def init_process_group(comm: Any, rank: int, world_size: int, device: torch.device, timeout_s: float) -> None:
@@ -107,9 +113,10 @@ def provenance(ranks: Ranks, timing_method: str, trtllm: dict[str, Any]) -> dict
         "torch_version": torch.__version__,
         "trtllm_version": trtllm.get("version"),
         "trtllm_commit": trtllm.get("commit"),
+        "trtllm_module": trtllm.get("module"),
         "hosts": hosts,
         "device": ranks.device.type,
         "comm_backend": dist.get_backend() if dist.is_initialized() else None,
         "timing_method": timing_method,
-        "environment": {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TRTLLM_", "MOECOMM_"))},
+        "environment": {k: v for k, v in os.environ.items() if k.startswith(("NCCL_", "TRTLLM_", "MOECOMM_", "NVSHMEM_", "TORCH_SYMM_MEM_"))},
     }

@@ -43,7 +43,11 @@ def test_two_ranks_print_the_contract(full_run):
     header = job.header
     assert (header.ep_size, header.hidden_size, header.local_batch_sizes, header.profile) == (2, 256, (16, 32, 64), "deepseek_v3")
     assert header.extra["provenance"]["comm_backend"] == "gloo"
-    assert header.extra["provenance"]["timing_method"] == "monotonic_clock"
+    assert header.extra["provenance"]["timing_method"] == "host_clock"
+    assert header.launcher == "external_mpi"
+    upstream_keys = {"perfect_router": False, "random_seed": 1234, "cuda_graph": False, "pdl": False,
+                     "payload_in_workspace": True, "cupti_enabled": False, "warning": None}
+    assert {k: header.extra[k] for k in upstream_keys} == upstream_keys
     keys = {(t.backend, t.local_batch_size, t.op, t.rank) for t in job.timings}
     assert keys == {(b, s, op, r) for b in ("TORCH_ALLTOALL", "TORCH_ALLGATHER") for s in (16, 32, 64)
                     for op in ("dispatch", "combine") for r in (0, 1)}
@@ -90,25 +94,87 @@ def test_bad_combination_exits_with_the_contract_message():
     assert "Only one of -i/--stepbatch or -f/--stepfactor should be used." in result.stderr
 
 
-@pytest.mark.parametrize("new_path", ["0", "1"])
-def test_trtllm_adapter_against_the_factory_test_double(new_path):
-    """TensorRT-LLM cannot run here: its factory is a test double (tests/fakes/tensorrt_llm)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]),
-               MOECOMM_FAKE_TRTLLM_NEW_PATH=new_path)
-    result = bench(2, "--ep_size", "2", *SMALL, "--profile", "gpt_oss", env=env)
+def fake_trtllm_env(layout: str) -> dict:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(FAKES), os.environ.get("PYTHONPATH", "")]),
+                MOECOMM_FAKE_TRTLLM_LAYOUT=layout)
+
+
+@pytest.mark.parametrize("layout, module, quantized_dtype", [
+    ("new", "tensorrt_llm._torch.moe", "torch.float16"),
+    ("old", "tensorrt_llm._torch.modules", "torch.float32"),
+    ("old-submodule", "tensorrt_llm._torch.modules", "torch.float32"),
+])
+def test_trtllm_adapter_against_the_factory_test_doubles(layout, module, quantized_dtype, tmp_path):
+    """TensorRT-LLM cannot run here: its two module layouts are test doubles (tests/fakes/tensorrt_llm).
+
+    The newest layout is used when it is there, and the quantizer comes from the same layout as the
+    factory (the doubles' quantizers leave different payload dtypes)."""
+    report = tmp_path / "report.json"
+    result = bench(2, "--ep_size", "2", *SMALL, "--profile", "gpt_oss", "--output_file", str(report),
+                   env=fake_trtllm_env(layout))
     parsed = parse_texts([("stdout", result.stdout)])
     (job,) = parsed.jobs
-    assert job.header.extra["provenance"]["trtllm_version"] == "0.0.0+test-double"
+    provenance = job.header.extra["provenance"]
+    assert (provenance["trtllm_version"], provenance["trtllm_module"]) == ("0.0.0+test-double", module)
     measured = {(t.backend, t.local_batch_size) for t in job.timings}
     assert {("ALLGATHER", s) for s in (16, 32, 64)} <= measured
     assert ("DEEPEP", 16) in measured and ("DEEPEP", 32) not in measured
     skips = {(s.backend, s.local_batch_size): s.reason for s in job.skips}
-    assert skips[("NVLINK_ONE_SIDED", None)] == "RuntimeError: MNNVL is not supported on this platform (test double)"
     assert skips[("NVLINK_TWO_SIDED", None)] == "factory returned None."
     assert skips[("DEEPEP", 32)] == "workload not feasible."
     assert skips[("DEEPEPLOWLATENCY", 16)] == "feasibility check failed: NVSHMEM is not initialised (test double)"
     assert skips[("NCCL_EP", 16)].startswith("correctness check failed:")
     assert not any(b == "NCCL_EP" for b, _ in measured)
+    results = {(r["backend"], r["local_batch_size"]): r for r in json.loads(report.read_text())["results"]}
+    assert results[("ALLGATHER", 16)]["payload_dtype"] == quantized_dtype
+    # Only a backend with a combine input region takes the expert output there.
+    assert results[("ALLGATHER", 16)]["payload_in_workspace"] is False
+    assert "[bench_moe_comm] ALLGATHER has no combine input region; timing it without payload_in_workspace." in result.stdout
+    if layout == "new":
+        assert {results[("NVLINK_ONE_SIDED", s)]["payload_in_workspace"] for s in (16, 32, 64)} == {True}
+    else:
+        assert skips[("NVLINK_ONE_SIDED", None)] == "RuntimeError: MNNVL is not supported on this platform (test double)"
     # A backend that fails its correctness check fails the run visibly.
     assert result.returncode != 0
     assert "ERROR: NCCL_EP @ local_batch_size=16: correctness check failed" in result.stderr
+
+
+def test_trtllm_adapter_without_payload_in_workspace_and_unquantized(tmp_path):
+    """TensorRT-LLM cannot run here: test doubles (tests/fakes/tensorrt_llm), today's layout."""
+    report = tmp_path / "report.json"
+    result = bench(2, "--ep_size", "2", *SMALL, "--profile", "qwen3p8_2p4t_a95b", "--backend", "NVLINK_ONE_SIDED",
+                   "--no_payload_in_workspace", "--output_file", str(report), env=fake_trtllm_env("new"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report.read_text())
+    assert report["benchmark_metadata"]["payload_in_workspace"] is False
+    assert {(r["payload_in_workspace"], r["payload_dtype"]) for r in report["results"]} == {(False, "torch.bfloat16")}
+    assert "no combine input region" not in result.stdout
+
+
+def test_reference_backends_say_which_flags_they_cannot_honour(tmp_path):
+    report = tmp_path / "report.json"
+    result = bench(2, "--ep_size", "2", *SMALL, "--backend", "torch_alltoall", "--pdl", "--use_low_precision_combine",
+                   "--perfect_router", "--random_seed", "99", "--output_file", str(report))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("[bench_moe_comm] TORCH_ALLTOALL")]
+    assert lines == [
+        "[bench_moe_comm] TORCH_ALLTOALL has no combine input region; timing it without payload_in_workspace.",
+        "[bench_moe_comm] TORCH_ALLTOALL cannot honour --pdl (it launches no TensorRT-LLM kernels); timing it without.",
+        "[bench_moe_comm] TORCH_ALLTOALL cannot honour --use_low_precision_combine (it combines in bf16); timing it without.",
+    ]
+    report = json.loads(report.read_text())
+    metadata = report["benchmark_metadata"]
+    assert (metadata["pdl"], metadata["use_low_precision_combine"], metadata["perfect_router"], metadata["random_seed"]) == (
+        True, True, True, 99)
+    for r in report["results"]:
+        assert (r["pdl"], r["low_precision_combine"], r["payload_in_workspace"], r["timing_method"]) == (
+            False, False, False, "host_clock")
+        assert r["unhonoured"] == ["--pdl: it launches no TensorRT-LLM kernels",
+                                   "--use_low_precision_combine: it combines in bf16"]
+
+
+def test_without_a_profile_quant_is_required():
+    result = bench(2, "--ep_size", "2", "--profile", "none", "--hidden_size", "64", "--top_k", "2",
+                   "--num_experts", "8", timeout=120)
+    assert result.returncode != 0
+    assert "must provide --hidden_size, --top_k, --num_experts, and --quant." in result.stderr

@@ -67,8 +67,41 @@ def test_backend_is_case_insensitive():
     assert parse("--backend", "nccl_ep").backend == "NCCL_EP"
 
 
-def test_cuda_graph_is_opt_in():
-    assert (parse().cuda_graph, parse("--cuda_graph").cuda_graph, parse("--no_cuda_graph").cuda_graph) == (False, True, False)
+def test_cuda_graph_replay_is_the_default_and_no_cuda_graph_turns_it_off():
+    assert (parse().no_cuda_graph, parse("--cuda_graph").no_cuda_graph, parse("--no_cuda_graph").no_cuda_graph) == (
+        False, False, True)
     with pytest.raises(SystemExit) as raised:
         parse("--cuda_graph", "--no_cuda_graph")
     assert raised.value.code == 2
+
+
+def test_upstream_flags_and_their_defaults():
+    args = parse()
+    assert (args.random_seed, args.perfect_router, args.use_low_precision_combine, args.no_payload_in_workspace,
+            args.pdl, args.timing_method) == (1234, False, False, False, False, "kernel_span")
+    args = parse("--random_seed", "7", "--perfect_router", "--use_low_precision_combine", "--no_payload_in_workspace",
+                 "--pdl", "--timing_method", "cuda_events_spin")
+    assert (args.random_seed, args.perfect_router, args.use_low_precision_combine, args.no_payload_in_workspace,
+            args.pdl, args.timing_method) == (7, True, True, True, True, "cuda_events_spin")
+
+
+@pytest.mark.parametrize("profile, shape", [
+    ("deepseek_v3", (7168, 8, 256, "FP8_BLOCK_SCALES")),
+    ("gpt_oss", (2880, 4, 128, "W4A8_MXFP4_MXFP8")),
+    ("deepseek_v4_flash", (4096, 6, 256, "W4A8_MXFP4_MXFP8")),
+    ("deepseek_v4_pro", (7168, 6, 384, "W4A8_MXFP4_MXFP8")),
+    ("kimi_k3", (3584, 16, 896, "W4A8_MXFP4_MXFP8")),
+    ("qwen3p8_2p4t_a95b", (8192, 10, 512, "NO_QUANT")),
+])
+def test_the_six_profiles_of_todays_upstream(profile, shape):
+    resolved = resolve(parse("--profile", profile), 8)
+    assert (resolved.hidden_size, resolved.top_k, resolved.num_experts, resolved.quant_algo) == shape
+
+
+def test_without_a_profile_all_four_shape_flags_are_required():
+    message = "No --profile specified; must provide --hidden_size, --top_k, --num_experts, and --quant."
+    with pytest.raises(ValueError, match=message):
+        resolve(parse("--profile", "none", "--hidden_size", "512", "--top_k", "2", "--num_experts", "8"), 2)
+    shape = resolve(parse("--profile", "none", "--hidden_size", "512", "--top_k", "2", "--num_experts", "8",
+                          "--quant", "no_quant"), 2)
+    assert (shape.hidden_size, shape.top_k, shape.num_experts, shape.quant_algo) == (512, 2, 8, "NO_QUANT")

@@ -1,10 +1,7 @@
-"""TEST DOUBLE of the older module path, which exported the factory directly.
-
-With MOECOMM_FAKE_TRTLLM_NEW_PATH=1 it does not, as in newer upstream versions, where only
-`communication.communication_factory` has it.
-"""
+"""TEST DOUBLE of the older layout's communication package, which exported the factory directly
+except in the versions that kept it only in `communication_factory` (layout `old-submodule`)."""
 
 import os
 
-if os.environ.get("MOECOMM_FAKE_TRTLLM_NEW_PATH") != "1":
+if os.environ.get("MOECOMM_FAKE_TRTLLM_LAYOUT", "new") != "old-submodule":
     from .communication_factory import CommunicationFactory  # noqa: F401
