@@ -57,13 +57,10 @@ def _demangler() -> Any:
     return demangle
 
 
-def attribute(
-    kernels: Sequence[tuple[str, int, int]],
-    events: Sequence[tuple[int, int]],
-    iteration_event_ids: Sequence[tuple[int, int, int, int]],
-) -> Spans:
-    """Kernel spans of each iteration's phases; `iteration_event_ids` holds the ids of each timed
-    iteration's (dispatch start, dispatch end, combine start, combine end) events. Timestamps in ns."""
+def stamps_by_id(
+    events: Sequence[tuple[int, int]], iteration_event_ids: Sequence[tuple[int, int, int, int]]
+) -> list[tuple[int, int, int, int]]:
+    """Each timed iteration's four event timestamps, found by CUPTI's event ids."""
     wanted = {event_id for ids in iteration_event_ids for event_id in ids}
     if len(wanted) != 4 * len(iteration_event_ids):
         raise SpanError("two timing events share one CUPTI event id")
@@ -79,19 +76,42 @@ def attribute(
             f"CUPTI recorded {len(stamp)} of {len(wanted)} timing events (event tracing must be "
             "enabled before the CUDA context is created)"
         )
+    return [tuple(stamp[i] for i in ids) for ids in iteration_event_ids]
+
+
+def stamps_by_order(events: Sequence[tuple[int, int]], elapsed_us: Sequence[tuple[float, float]],
+                    tolerance_us: float = 1.0) -> list[tuple[int, int, int, int]]:
+    """Each timed iteration's four event timestamps when CUPTI cannot name events (before CUPTI
+    13.4): valid only where the timed events are the only events recorded (a graph replay records
+    its external event nodes and nothing else). The order gives the mapping, and it is checked:
+    each phase's interval between its two timestamps must equal what its CUDA events measured
+    (`elapsed_us`, per iteration (dispatch, combine)) within `tolerance_us`."""
+    if len(events) != 4 * len(elapsed_us):
+        raise SpanError(f"CUPTI recorded {len(events)} CUDA events where {4 * len(elapsed_us)} were timed, "
+                        "and this CUPTI cannot tell them apart (cuptiGetCudaEventId needs CUPTI 13.4)")
+    ordered = sorted(timestamp for _, timestamp in events)
+    stamps = [tuple(ordered[4 * i: 4 * i + 4]) for i in range(len(elapsed_us))]
+    for (d0, d1, c0, c1), (dispatch, combine) in zip(stamps, elapsed_us):
+        if abs((d1 - d0) / 1000.0 - dispatch) > tolerance_us or abs((c1 - c0) / 1000.0 - combine) > tolerance_us:
+            raise SpanError("CUPTI's event timestamps, taken in order, do not match the CUDA events' times")
+    return stamps
+
+
+def attribute(kernels: Sequence[tuple[str, int, int]], iteration_stamps: Sequence[tuple[int, int, int, int]]) -> Spans:
+    """Kernel spans of each iteration's phases; `iteration_stamps` holds each timed iteration's
+    (dispatch start, dispatch end, combine start, combine end) event timestamps. Times in ns."""
     if not kernels:
         raise SpanError("CUPTI recorded no kernels in the timed iterations")
     # windows[i] = (start, end, phase, iteration), in time order; they must not overlap.
     windows: list[tuple[int, int, str, int]] = []
-    for iteration, ids in enumerate(iteration_event_ids):
-        d0, d1, c0, c1 = (stamp[i] for i in ids)
-        if not d0 <= d1 <= c0 <= c1:
+    for iteration, (d0, d1, c0, c1) in enumerate(iteration_stamps):
+        if not 0 < d0 <= d1 <= c0 <= c1:
             raise SpanError("CUPTI's event timestamps are not in dispatch-then-combine order")
         if windows and d0 < windows[-1][1]:
             raise SpanError("the timed iterations' event windows overlap")
         windows += [(d0, d1, "dispatch", iteration), (c0, c1, "combine", iteration)]
     starts = [w[0] for w in windows]
-    bounds: dict[str, list[list[int] | None]] = {p: [None] * len(iteration_event_ids) for p in PHASES}
+    bounds: dict[str, list[list[int] | None]] = {p: [None] * len(iteration_stamps) for p in PHASES}
     demangle = _demangler()
     names: dict[str, str] = {}
     durations: dict[str, dict[str, list[float]]] = {p: defaultdict(list) for p in (*PHASES, "other")}
@@ -163,9 +183,10 @@ class KernelTrace:
             elif activity.kind == kinds.CUDA_EVENT:
                 self.events.append((activity.event_id, activity.device_timestamp))
 
-    def event_id(self, event: Any) -> int:
-        """CUPTI's id of a recorded `torch.cuda.Event`."""
-        return self._cupti.get_cuda_event_id(event.cuda_event)
+    @property
+    def names_events(self) -> bool:
+        """Whether this CUPTI can give a CUDA event's id (cuptiGetCudaEventId, CUPTI 13.4 on)."""
+        return hasattr(self._cupti, "get_cuda_event_id")
 
     def clear(self) -> None:
         """Forget everything recorded so far (flushes CUPTI's buffers first)."""
@@ -174,12 +195,24 @@ class KernelTrace:
         self.events.clear()
         self.overflow = False
 
-    def spans(self, iteration_event_ids: Sequence[tuple[int, int, int, int]]) -> Spans:
-        """Flush and attribute what was recorded since `clear`."""
+    def spans(self, marks: Sequence[Sequence[Any]], elapsed_us: Sequence[tuple[float, float]],
+              only_timed_events: bool) -> Spans:
+        """Flush and attribute what was recorded since `clear`. `marks` are the timed iterations'
+        four `torch.cuda.Event`s, `elapsed_us` their measured (dispatch, combine) times;
+        `only_timed_events` says that nothing else recorded a CUDA event meanwhile (a graph
+        replay), so that a CUPTI that cannot name events can still be read by their order."""
         self._cupti.activity_flush_all(0)
         if self.overflow:
             raise SpanError(f"more than {MAX_RECORDS} CUPTI records in one size")
-        return attribute(self.kernels, self.events, iteration_event_ids)
+        if self.names_events:
+            ids = [tuple(self._cupti.get_cuda_event_id(e.cuda_event) for e in row) for row in marks]
+            stamps = stamps_by_id(self.events, ids)
+        elif only_timed_events:
+            stamps = stamps_by_order(self.events, elapsed_us)
+        else:
+            raise SpanError("this CUPTI cannot tell the timed CUDA events from the others recorded "
+                            "during eager launches (cuptiGetCudaEventId needs CUPTI 13.4)")
+        return attribute(self.kernels, stamps)
 
     def close(self) -> None:
         for kind in reversed(self._kinds):

@@ -101,12 +101,14 @@ def _event_times(marks: list[list[torch.cuda.Event]]) -> dict[str, list[float]]:
     }
 
 
-def _spans(trace: KernelTrace | None, marks: list[list[torch.cuda.Event]]) -> tuple[Any, str | None]:
-    """The CUPTI kernel spans of the iterations timed by `marks`, or (None, why not)."""
+def _spans(trace: KernelTrace | None, marks: list[list[torch.cuda.Event]], events: dict[str, list[float]],
+           only_timed_events: bool) -> tuple[Any, str | None]:
+    """The CUPTI kernel spans of the iterations timed by `marks` (whose times are `events`), or
+    (None, why not)."""
     if trace is None:
         return None, None
     try:
-        return trace.spans([tuple(trace.event_id(e) for e in row) for row in marks]), None
+        return trace.spans(marks, list(zip(events["dispatch"], events["combine"])), only_timed_events), None
     except SpanError as exc:
         return None, str(exc)
     except Exception as exc:  # a CUPTI call that failed while reading its own records
@@ -151,7 +153,7 @@ def _time_upstream(
         run_iterations()
     torch.cuda.synchronize()
     events = _event_times(marks)
-    spans, why = _spans(trace, marks)
+    spans, why = _spans(trace, marks, events, only_timed_events=graph is not None)
     del graph
     if spans is not None:
         return PhaseTimes(spans.span_us["dispatch"], spans.span_us["combine"], "kernel_span",
@@ -168,7 +170,12 @@ def _capture_phases(dispatch: Callable[[], Any], stage: Callable[[Any], Any], co
     with torch.cuda.graph(combine_graph):
         combine(staged)
     torch.cuda.synchronize()
-    return (lambda: (dispatch_graph.replay(), received)[1]), (lambda _staged: combine_graph.replay())
+
+    def replay_dispatch() -> Any:
+        dispatch_graph.replay()
+        return received
+
+    return replay_dispatch, (lambda _staged: combine_graph.replay())
 
 
 def _time_spin(
@@ -182,11 +189,11 @@ def _time_spin(
         combine(stage(dispatch()))
     torch.cuda.synchronize()
     flush = _l2_flush_buffer(device)
-    run_dispatch, run_combine, spin = dispatch, combine, EAGER_SPIN_CYCLES
+    run_dispatch, run_combine, spin, replayed = dispatch, combine, EAGER_SPIN_CYCLES, False
     if cuda_graph:
         try:
             run_dispatch, run_combine = _capture_phases(dispatch, stage, combine)
-            spin = GRAPH_SPIN_CYCLES
+            spin, replayed = GRAPH_SPIN_CYCLES, True
         except Exception as exc:  # capture is an optimisation here: fall back to eager launches
             notes.append(f"CUDA graph capture failed, timing eager launches: {type(exc).__name__}: {exc}")
             torch.cuda.synchronize()
@@ -207,7 +214,8 @@ def _time_spin(
         c1.record()
     torch.cuda.synchronize()
     events = _event_times(marks)
-    spans, _ = _spans(trace, marks)
+    # Graph replays record no CUDA events of their own; eager NCCL calls do.
+    spans, _ = _spans(trace, marks, events, only_timed_events=replayed)
     result = PhaseTimes(events["dispatch"], events["combine"], "cuda_events_spin", notes=notes)
     if spans is not None:
         result.kernels = spans.kernels

@@ -5,8 +5,9 @@
 #   graph  upstream's default: warm-up and timed iterations replayed from one CUDA graph, CUPTI
 #          kernel spans (CUDA events of the same iterations beside them);
 #   eager  the same launched eagerly (--no_cuda_graph);
-#   spin   ours: CUDA events, each phase behind a spin kernel (--timing_method cuda_events_spin
-#          --no_cuda_graph; kernel spans of the same iterations beside them).
+#   spin   ours: CUDA events, each phase behind a spin kernel and replayed from a graph of its own
+#          (--timing_method cuda_events_spin; kernel spans of the same iterations beside them);
+#   spineager  ours with eager launches (--no_cuda_graph) behind a ~2 ms spin.
 # Usage (repository root, on the GPU machine): bash tests/benchmarks/gpu_timing.sh OUTDIR [quick]
 # Then: python3 tests/benchmarks/summarize_timing.py OUTDIR/*.json
 # Needs the `cupti-python` package (the `gpu` extra); NVLink multicast stays off.
@@ -33,6 +34,7 @@ for ep in "${eps[@]}"; do
   for profile in "${profiles[@]}"; do
     run "ep${ep}_${profile}_graph" "$ep" --profile "$profile" --copy_baseline
     run "ep${ep}_${profile}_eager" "$ep" --profile "$profile" --no_cuda_graph
-    run "ep${ep}_${profile}_spin" "$ep" --profile "$profile" --timing_method cuda_events_spin --no_cuda_graph
+    run "ep${ep}_${profile}_spin" "$ep" --profile "$profile" --timing_method cuda_events_spin
+    run "ep${ep}_${profile}_spineager" "$ep" --profile "$profile" --timing_method cuda_events_spin --no_cuda_graph
   done
 done

@@ -2,8 +2,9 @@
 
 Usage: python3 tests/benchmarks/summarize_timing.py OUTDIR/*.json
 Per (EP size, profile, backend, tokens, phase), rank 0's median iteration: upstream's kernel span
-and the CUDA events of the same iterations (graph replay, then eager), and our spin method's
-events with the kernel span of its own iterations; each beside the graph run's kernel span in %.
+and the CUDA events of the same iterations (graph replay, then eager); our spin method's events
+with the kernel span of its own iterations (one graph per phase), and eager behind a ~2 ms spin;
+each beside the graph run's kernel span in %.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-NAME = re.compile(r"^ep(?P<ep>\d+)_(?P<profile>.+)_(?P<run>graph|eager|spin)$")
+NAME = re.compile(r"^ep(?P<ep>\d+)_(?P<profile>.+)_(?P<run>graph|eager|spin|spineager)$")
 
 
 def median(value) -> float:
@@ -45,7 +46,7 @@ def main(paths: list[str]) -> None:
                 for method, value in measured(result, phase).items():
                     table[key][f"{match['run']}:{method}"] = value
     columns = ["graph:kernel_span", "graph:cuda_events", "eager:kernel_span", "eager:cuda_events",
-               "spin:cuda_events_spin", "spin:kernel_span"]
+               "spin:cuda_events_spin", "spin:kernel_span", "spineager:cuda_events_spin"]
     print("| EP | profile | backend | tokens | phase | " + " | ".join(columns) + " |")
     print("|---:|---|---|---:|---|" + "---:|" * len(columns))
     for key in sorted(table):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moecomm_tasks.bench.kernel_spans import SpanError, attribute
+from moecomm_tasks.bench.kernel_spans import SpanError, attribute, stamps_by_id, stamps_by_order
 
 # Two iterations; event ids 1-4 and 5-8 bracket (dispatch, dispatch end, combine, combine end).
 IDS = [(1, 2, 3, 4), (5, 6, 7, 8)]
@@ -22,34 +22,54 @@ def kernels():
     ]
 
 
+def stamps(events=EVENTS):
+    return stamps_by_id(events, IDS)
+
+
 def test_spans_run_from_the_first_kernel_to_the_last_inside_each_window():
-    spans = attribute(kernels(), EVENTS, IDS)
+    spans = attribute(kernels(), stamps())
     assert spans.span_us == {"dispatch": [0.8, 0.7], "combine": [0.7, 0.5]}
     assert spans.kernels["dispatch"] == {"dispatch_a": [0.3, 0.2], "dispatch_b": [0.4], "pdl_b": [0.55]}
     assert spans.kernels["other"] == {"flush": [0.4, 0.4]}
     assert spans.kernels["combine"] == {"combine_a": [0.7, 0.5]}
 
 
-def test_unrelated_events_are_ignored():
-    spans = attribute(kernels(), [(99, 1), *EVENTS], IDS)
-    assert spans.span_us["dispatch"] == [0.8, 0.7]
+def test_events_of_other_ids_are_ignored():
+    assert stamps([(99, 1), *EVENTS]) == [(1000, 2000, 2100, 3000), (4000, 5000, 5100, 6000)]
+
+
+@pytest.mark.parametrize("events, reason", [
+    (EVENTS[:-1], "recorded 7 of 8 timing events"),
+    ([*EVENTS, (3, 2100)], "repeated timestamp for event 3"),
+])
+def test_events_missing_or_repeated_are_refused(events, reason):
+    with pytest.raises(SpanError, match=reason):
+        stamps(events)
+
+
+def test_events_taken_in_order_are_checked_against_the_cuda_event_times():
+    shuffled = [(0, t) for _, t in reversed(EVENTS)]  # no usable ids: CUPTI before 13.4
+    assert stamps_by_order(shuffled, [(1.0, 0.9), (1.0, 0.9)]) == stamps()
+    with pytest.raises(SpanError, match="do not match"):
+        stamps_by_order(shuffled, [(1.0, 0.9), (1.0, 2.5)])
+    with pytest.raises(SpanError, match="recorded 9 CUDA events where 8 were timed"):
+        stamps_by_order([*shuffled, (0, 7000)], [(1.0, 0.9), (1.0, 0.9)])
 
 
 @pytest.mark.parametrize("kernels_, events, reason", [
-    (kernels(), EVENTS[:-1], "recorded 7 of 8 timing events"),
-    (kernels(), [*EVENTS, (3, 2100)], "repeated timestamp for event 3"),
     (kernels(), [(1, 1000), (2, 2200), (3, 2100), *EVENTS[3:]], "not in dispatch-then-combine order"),
     ([*kernels(), ("late", 2800, 3100)], EVENTS, "kernel late crosses the boundary of a combine window"),
     ([*kernels(), ("early", 950, 1100)], EVENTS, "kernel early crosses the boundary of a dispatch window"),
     ([k for k in kernels() if k[1] != 5200], EVENTS, "no combine kernel in one or more timed iterations"),
     ([], EVENTS, "no kernels"),
+    ([*kernels(), ("bad", 7000, 6999)], EVENTS, "invalid timestamps for kernel bad"),
 ])
 def test_records_that_cannot_be_trusted_are_refused_with_a_reason(kernels_, events, reason):
     with pytest.raises(SpanError, match=reason):
-        attribute(kernels_, events, IDS)
+        attribute(kernels_, stamps(events))
 
 
 def test_overlapping_iterations_are_refused():
     events = [(1, 1000), (2, 2000), (3, 2100), (4, 3000), (5, 2900), (6, 5000), (7, 5100), (8, 6000)]
     with pytest.raises(SpanError, match="overlap"):
-        attribute(kernels()[:4], events, IDS)
+        attribute(kernels()[:4], stamps(events))
