@@ -79,22 +79,15 @@ def stamps_by_id(
     return [tuple(stamp[i] for i in ids) for ids in iteration_event_ids]
 
 
-def stamps_by_order(events: Sequence[tuple[int, int]], elapsed_us: Sequence[tuple[float, float]],
-                    tolerance_us: float = 1.0) -> list[tuple[int, int, int, int]]:
-    """Each timed iteration's four event timestamps when CUPTI cannot name events (before CUPTI
-    13.4): valid only where the timed events are the only events recorded (a graph replay records
-    its external event nodes and nothing else). The order gives the mapping, and it is checked:
-    each phase's interval between its two timestamps must equal what its CUDA events measured
-    (`elapsed_us`, per iteration (dispatch, combine)) within `tolerance_us`."""
-    if len(events) != 4 * len(elapsed_us):
-        raise SpanError(f"CUPTI recorded {len(events)} CUDA events where {4 * len(elapsed_us)} were timed, "
-                        "and this CUPTI cannot tell them apart (cuptiGetCudaEventId needs CUPTI 13.4)")
-    ordered = sorted(timestamp for _, timestamp in events)
-    stamps = [tuple(ordered[4 * i: 4 * i + 4]) for i in range(len(elapsed_us))]
-    for (d0, d1, c0, c1), (dispatch, combine) in zip(stamps, elapsed_us):
-        if abs((d1 - d0) / 1000.0 - dispatch) > tolerance_us or abs((c1 - c0) / 1000.0 - combine) > tolerance_us:
-            raise SpanError("CUPTI's event timestamps, taken in order, do not match the CUDA events' times")
-    return stamps
+def ids_in_record_order(events: Sequence[tuple[int, int]], expected: int) -> list[int]:
+    """The ids of `expected` (event id, timestamp) records, oldest first; refused unless there
+    are exactly that many, with distinct timestamps (else their order would be a guess)."""
+    records = sorted(events, key=lambda record: record[1])
+    distinct = len({stamp for _, stamp in records})
+    if len(records) != expected or distinct != expected:
+        raise SpanError(f"CUPTI recorded {len(records)} CUDA events ({distinct} distinct timestamps) where "
+                        f"{expected} were recorded to learn their ids")
+    return [event_id for event_id, _ in records]
 
 
 def attribute(kernels: Sequence[tuple[str, int, int]], iteration_stamps: Sequence[tuple[int, int, int, int]]) -> Spans:
@@ -195,24 +188,28 @@ class KernelTrace:
         self.events.clear()
         self.overflow = False
 
-    def spans(self, marks: Sequence[Sequence[Any]], elapsed_us: Sequence[tuple[float, float]],
-              only_timed_events: bool) -> Spans:
-        """Flush and attribute what was recorded since `clear`. `marks` are the timed iterations'
-        four `torch.cuda.Event`s, `elapsed_us` their measured (dispatch, combine) times;
-        `only_timed_events` says that nothing else recorded a CUDA event meanwhile (a graph
-        replay), so that a CUPTI that cannot name events can still be read by their order."""
+    def event_ids(self, events: Sequence[Any]) -> list[int] | None:
+        """CUPTI's ids of these `torch.cuda.Event`s (already created), or None where this CUPTI
+        cannot say (before 13.4): then `recorded_event_ids` learns them."""
+        if not self.names_events:
+            return None
+        return [self._cupti.get_cuda_event_id(event.cuda_event) for event in events]
+
+    def recorded_event_ids(self, expected: int) -> list[int]:
+        """The ids of the CUDA events recorded since `clear`, in the order they were recorded.
+
+        The caller records exactly `expected` events on one stream, each after a short spin so
+        that no two share a timestamp, and nothing else records events meanwhile."""
+        self._cupti.activity_flush_all(0)
+        return ids_in_record_order(self.events, expected)
+
+    def spans(self, iteration_event_ids: Sequence[tuple[int, int, int, int]]) -> Spans:
+        """Flush and attribute what was recorded since `clear`, the timed iterations' events
+        named by their ids (dispatch start, dispatch end, combine start, combine end)."""
         self._cupti.activity_flush_all(0)
         if self.overflow:
             raise SpanError(f"more than {MAX_RECORDS} CUPTI records in one size")
-        if self.names_events:
-            ids = [tuple(self._cupti.get_cuda_event_id(e.cuda_event) for e in row) for row in marks]
-            stamps = stamps_by_id(self.events, ids)
-        elif only_timed_events:
-            stamps = stamps_by_order(self.events, elapsed_us)
-        else:
-            raise SpanError("this CUPTI cannot tell the timed CUDA events from the others recorded "
-                            "during eager launches (cuptiGetCudaEventId needs CUPTI 13.4)")
-        return attribute(self.kernels, stamps)
+        return attribute(self.kernels, stamps_by_id(self.events, iteration_event_ids))
 
     def close(self) -> None:
         for kind in reversed(self._kinds):

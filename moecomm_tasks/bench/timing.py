@@ -82,16 +82,34 @@ def _l2_flush_buffer(device: torch.device) -> torch.Tensor:
     return torch.empty(max(2 * l2_bytes // 4, 1), dtype=torch.int32, device=device)
 
 
-def _events(iters: int, external: bool) -> list[list[torch.cuda.Event]]:
-    """Four timing events per iteration, created (recorded once) so that each has a handle.
+# Cycles of the spin between two events recorded to learn their CUPTI ids (~0.1 µs), so that no
+# two share a timestamp.
+ID_SPIN_CYCLES = 200
 
-    `external` events keep their timestamps when recorded inside a CUDA graph."""
+
+def _events(iters: int, external: bool, trace: KernelTrace | None) -> tuple[list[list[torch.cuda.Event]], Any]:
+    """Four timing events per iteration, created (recorded once) so that each has a handle, and
+    their CUPTI ids per iteration when `trace` is given (None where CUPTI cannot give them; the
+    reason then goes with the times). `external` events keep their timestamps inside a graph."""
     kwargs = {"enable_timing": True, **({"external": True} if external else {})}
     marks = [[torch.cuda.Event(**kwargs) for _ in range(4)] for _ in range(iters)]
-    for event in (e for row in marks for e in row):
+    flat = [e for row in marks for e in row]
+    if trace is not None:
+        trace.clear()
+    for event in flat:
         event.record()
+        if trace is not None:
+            _hold_gpu(ID_SPIN_CYCLES)
     torch.cuda.synchronize()
-    return marks
+    if trace is None:
+        return marks, None
+    try:
+        ids = trace.event_ids(flat)
+        if ids is None:
+            ids = trace.recorded_event_ids(len(flat))
+    except SpanError as exc:
+        return marks, str(exc)
+    return marks, [tuple(ids[4 * i: 4 * i + 4]) for i in range(iters)]
 
 
 def _event_times(marks: list[list[torch.cuda.Event]]) -> dict[str, list[float]]:
@@ -101,14 +119,15 @@ def _event_times(marks: list[list[torch.cuda.Event]]) -> dict[str, list[float]]:
     }
 
 
-def _spans(trace: KernelTrace | None, marks: list[list[torch.cuda.Event]], events: dict[str, list[float]],
-           only_timed_events: bool) -> tuple[Any, str | None]:
-    """The CUPTI kernel spans of the iterations timed by `marks` (whose times are `events`), or
-    (None, why not)."""
+def _spans(trace: KernelTrace | None, ids: Any) -> tuple[Any, str | None]:
+    """The CUPTI kernel spans of the timed iterations whose events have `ids` (or the reason
+    their ids are unknown), or (None, why not)."""
     if trace is None:
         return None, None
+    if isinstance(ids, str):
+        return None, ids
     try:
-        return trace.spans(marks, list(zip(events["dispatch"], events["combine"])), only_timed_events), None
+        return trace.spans(ids), None
     except SpanError as exc:
         return None, str(exc)
     except Exception as exc:  # a CUPTI call that failed while reading its own records
@@ -122,7 +141,7 @@ def _time_upstream(
     """Upstream's method: warm-up and timed iterations in one graph (or eager), events around
     each phase, kernel spans from CUPTI where it can give them."""
     flush = _l2_flush_buffer(device)
-    marks = _events(iters, external=cuda_graph)
+    marks, ids = _events(iters, external=cuda_graph, trace=trace)
 
     def run_iterations() -> None:
         for _ in range(warmup):
@@ -153,7 +172,7 @@ def _time_upstream(
         run_iterations()
     torch.cuda.synchronize()
     events = _event_times(marks)
-    spans, why = _spans(trace, marks, events, only_timed_events=graph is not None)
+    spans, why = _spans(trace, ids)
     del graph
     if spans is not None:
         return PhaseTimes(spans.span_us["dispatch"], spans.span_us["combine"], "kernel_span",
@@ -189,15 +208,15 @@ def _time_spin(
         combine(stage(dispatch()))
     torch.cuda.synchronize()
     flush = _l2_flush_buffer(device)
-    run_dispatch, run_combine, spin, replayed = dispatch, combine, EAGER_SPIN_CYCLES, False
+    run_dispatch, run_combine, spin = dispatch, combine, EAGER_SPIN_CYCLES
     if cuda_graph:
         try:
             run_dispatch, run_combine = _capture_phases(dispatch, stage, combine)
-            spin, replayed = GRAPH_SPIN_CYCLES, True
+            spin = GRAPH_SPIN_CYCLES
         except Exception as exc:  # capture is an optimisation here: fall back to eager launches
             notes.append(f"CUDA graph capture failed, timing eager launches: {type(exc).__name__}: {exc}")
             torch.cuda.synchronize()
-    marks = _events(iters, external=False)
+    marks, ids = _events(iters, external=False, trace=trace)
     if trace is not None:
         trace.clear()
     torch.cuda.synchronize()
@@ -214,8 +233,7 @@ def _time_spin(
         c1.record()
     torch.cuda.synchronize()
     events = _event_times(marks)
-    # Graph replays record no CUDA events of their own; eager NCCL calls do.
-    spans, _ = _spans(trace, marks, events, only_timed_events=replayed)
+    spans, _ = _spans(trace, ids)
     result = PhaseTimes(events["dispatch"], events["combine"], "cuda_events_spin", notes=notes)
     if spans is not None:
         result.kernels = spans.kernels

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from moecomm_tasks.bench.kernel_spans import SpanError, attribute, stamps_by_id, stamps_by_order
+from moecomm_tasks.bench.kernel_spans import SpanError, attribute, ids_in_record_order, stamps_by_id
 
 # Two iterations; event ids 1-4 and 5-8 bracket (dispatch, dispatch end, combine, combine end).
 IDS = [(1, 2, 3, 4), (5, 6, 7, 8)]
@@ -47,15 +47,6 @@ def test_events_missing_or_repeated_are_refused(events, reason):
         stamps(events)
 
 
-def test_events_taken_in_order_are_checked_against_the_cuda_event_times():
-    shuffled = [(0, t) for _, t in reversed(EVENTS)]  # no usable ids: CUPTI before 13.4
-    assert stamps_by_order(shuffled, [(1.0, 0.9), (1.0, 0.9)]) == stamps()
-    with pytest.raises(SpanError, match="do not match"):
-        stamps_by_order(shuffled, [(1.0, 0.9), (1.0, 2.5)])
-    with pytest.raises(SpanError, match="recorded 9 CUDA events where 8 were timed"):
-        stamps_by_order([*shuffled, (0, 7000)], [(1.0, 0.9), (1.0, 0.9)])
-
-
 @pytest.mark.parametrize("kernels_, events, reason", [
     (kernels(), [(1, 1000), (2, 2200), (3, 2100), *EVENTS[3:]], "not in dispatch-then-combine order"),
     ([*kernels(), ("late", 2800, 3100)], EVENTS, "kernel late crosses the boundary of a combine window"),
@@ -73,3 +64,11 @@ def test_overlapping_iterations_are_refused():
     events = [(1, 1000), (2, 2000), (3, 2100), (4, 3000), (5, 2900), (6, 5000), (7, 5100), (8, 6000)]
     with pytest.raises(SpanError, match="overlap"):
         attribute(kernels()[:4], stamps(events))
+
+
+def test_event_ids_are_learnt_from_records_in_time_order():
+    assert ids_in_record_order([(7, 30), (5, 10), (6, 20)], 3) == [5, 6, 7]
+    with pytest.raises(SpanError, match="2 distinct timestamps"):
+        ids_in_record_order([(7, 30), (5, 10), (6, 10)], 3)
+    with pytest.raises(SpanError, match="recorded 2 CUDA events"):
+        ids_in_record_order([(7, 30), (5, 10)], 3)
