@@ -52,7 +52,7 @@ def _fmt(value: object) -> str:
 def _table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("run_id", "backend", "profile", "op") else "right")
+        table.add_column(column, justify="left" if column in ("run_id", "backend", "profile", "op", "kernel") else "right")
     for row in rows:
         table.add_row(*(_fmt(v) for v in row))
     console.print(table)
@@ -159,6 +159,17 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    if Path(args.run_a).is_file() and Path(args.run_b).is_file():
+        from moecomm_tasks import compare
+
+        stat, rank = args.stat or "median", 0 if args.rank is None else args.rank
+        rows = compare.compare_files(Path(args.run_a), Path(args.run_b), stat=stat, rank=rank, kernels=args.kernels)
+        _table(f"A = {args.run_a}, B = {args.run_b}; {stat} of rank {rank}; A / B above 1: B is faster",
+               ["backend", "tokens", "op", "kernel", "A µs", "B µs", "A / B", "noise"], compare.table_rows(rows))
+        return EXIT_OK
+    if args.kernels or args.stat or args.rank is not None:
+        raise MoecommError("--kernels, --stat and --rank compare two output files; for two runs in the database "
+                           "see kernel_flat and measurement_flat (README: The SQL interface)")
     rows = query.compare(_engine(), args.run_a, args.run_b)
     _table(f"A = {args.run_a}, B = {args.run_b}; speedup = A / B (above 1: B is faster)",
            ["backend", "profile", "ep", "size", "op", "A µs", "B µs", "speedup"], rows)
@@ -275,9 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--last", type=int, default=10)
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("compare", help="A/B table of two runs")
-    p.add_argument("run_a")
+    p = sub.add_parser("compare", help="A/B table of two runs, or of two benchmark output files")
+    p.add_argument("run_a", help="a run id, or an output file (then run_b is one too)")
     p.add_argument("run_b")
+    p.add_argument("--kernels", action="store_true", help="files: also each kernel of the phases")
+    p.add_argument("--stat", choices=["mean", "median", "min", "max"], help="files: the statistic (default median)")
+    p.add_argument("--rank", type=int, help="files: the rank (default 0)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("detect", help="detect changes in the stored history; print the new alerts")

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from moecomm_tasks.bench.args import ALL_BACKENDS, PROFILES, QUANT_ALGOS, REFERENCE_BACKENDS
+from moecomm_tasks.bench.args import ALL_BACKENDS, PROFILES, QUANT_ALGOS, REFERENCE_BACKENDS, TIMING_METHODS
 from moecomm_tasks.errors import ConfigError
 
 SHIPPED = Path(__file__).parent / "matrices"
@@ -77,6 +77,15 @@ class Sweep(_Strict):
     kernel_breakdown: bool = False
     quant: str | None = None
     max_num_tokens_per_rank: PositiveInt | None = None
+    # Today's upstream knobs (each changes the measured number; the store keeps them per result).
+    random_seed: int | None = None
+    perfect_router: bool = False
+    cuda_graph: bool = True
+    pdl: bool = False
+    low_precision_combine: bool = False
+    payload_in_workspace: bool = True
+    # Our worker only: kernel_span (upstream's, the default), cuda_events or cuda_events_spin.
+    timing_method: Literal[TIMING_METHODS] | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "Sweep":
@@ -106,6 +115,14 @@ class Sweep(_Strict):
             out += ["--quant", self.quant.upper()]
         if self.max_num_tokens_per_rank is not None:
             out += ["--max_num_tokens_per_rank", str(self.max_num_tokens_per_rank)]
+        if self.random_seed is not None:
+            out += ["--random_seed", str(self.random_seed)]
+        flags = {"--perfect_router": self.perfect_router, "--no_cuda_graph": not self.cuda_graph, "--pdl": self.pdl,
+                 "--use_low_precision_combine": self.low_precision_combine,
+                 "--no_payload_in_workspace": not self.payload_in_workspace}
+        out += [flag for flag, wanted in flags.items() if wanted]
+        if self.timing_method is not None:
+            out += ["--timing_method", self.timing_method]
         return out
 
 
@@ -222,6 +239,18 @@ class Matrix(_Strict):
             ours = [b for b in self.backends if b in REFERENCE_BACKENDS]
             if ours:
                 raise ValueError(f"backends: {ours} exist only in our worker, not in the upstream script")
+            if self.sweep.timing_method is not None:
+                raise ValueError("sweep.timing_method: only our worker has --timing_method")
+        return self
+
+    @model_validator(mode="after")
+    def _experts_divide(self) -> "Matrix":
+        if "--num_experts" in self.worker_args:
+            return self
+        bad = [f"{p} ({PROFILES[p].num_experts} experts) at EP {ep}" for p in self.profiles for ep in self.ep_sizes
+               if PROFILES[p].num_experts % ep]
+        if bad:
+            raise ValueError(f"the number of experts must divide by the EP size: {', '.join(bad)}")
         return self
 
     @field_validator("schedule")

@@ -16,6 +16,8 @@ def test_shipped_matrices_load():
     assert len(load_matrix("cpu").jobs()) == 4
     assert load_matrix("gb200-nvl72").launcher.kind == "slurm"
     assert load_matrix("h100-8gpu").env["NCCL_NVLS_ENABLE"] == "0"
+    # Today's upstream profiles where they fit the machine.
+    assert "kimi_k3" in load_matrix("h100-8gpu").profiles and "deepseek_v4_pro" in load_matrix("gb200-nvl72").profiles
 
 
 @pytest.mark.parametrize("change, message", [
@@ -37,6 +39,11 @@ def test_shipped_matrices_load():
     ({"benchmark": {"kind": "upstream"}}, "matrix.benchmark: Value error, script: required when kind = 'upstream'"),
     ({"benchmark": {"kind": "upstream", "script": "/x/bench_moe_comm.py"}},
      "Value error, backends: ['TORCH_ALLTOALL', 'TORCH_ALLGATHER'] exist only in our worker"),
+    ({"benchmark": {"kind": "upstream", "script": "/x/bench_moe_comm.py"}, "backends": ["DEEPEP"],
+      "sweep": {"timing_method": "cuda_events_spin"}}, "sweep.timing_method: only our worker has --timing_method"),
+    ({"sweep": {"timing_method": "stopwatch"}}, "matrix.sweep.timing_method: Input should be"),
+    ({"profiles": ["gpt_oss", "kimi_k3"], "ep_sizes": [2, 3]},
+     "the number of experts must divide by the EP size: gpt_oss (128 experts) at EP 3, kimi_k3 (896 experts) at EP 3"),
 ])
 def test_invalid_fields_are_named(change, message):
     with pytest.raises(ConfigError) as raised:
@@ -59,6 +66,19 @@ def test_jobs_cover_the_matrix_and_honour_overrides_and_params():
     assert [(j.backend, j.profile, j.ep_size) for j in subset] == [("TORCH_ALLTOALL", "deepseek_v3", 4), ("TORCH_ALLTOALL", "gpt_oss", 4)]
     with pytest.raises(ConfigError, match=r"params.ep_sizes: \[8\] are not in the matrix"):
         matrix.jobs(ep_sizes=[8])
+
+
+def test_upstream_knobs_become_the_worker_flags():
+    sweep = parse_matrix({**BASE, "sweep": {"perfect_router": True, "cuda_graph": False, "pdl": True, "random_seed": 7,
+                                            "low_precision_combine": True, "payload_in_workspace": False,
+                                            "timing_method": "cuda_events_spin"}}).sweep
+    args = sweep.args()
+    for flag in ("--perfect_router", "--no_cuda_graph", "--pdl", "--use_low_precision_combine", "--no_payload_in_workspace"):
+        assert flag in args
+    assert args[args.index("--random_seed") + 1] == "7"
+    assert args[args.index("--timing_method") + 1] == "cuda_events_spin"
+    defaults = parse_matrix(BASE).sweep.args()
+    assert not {"--perfect_router", "--no_cuda_graph", "--pdl", "--random_seed", "--timing_method"} & set(defaults)
 
 
 def test_missing_and_malformed_files(tmp_path):
