@@ -86,12 +86,14 @@ class StallingProxy:
 
 
 class FlakyWebhook:
-    """A real HTTP server on loopback that answers 503 to the first `failures` POSTs, then 200;
-    it keeps every JSON body it accepted (`received`) and counts every request (`requests`)."""
+    """A real HTTP server on loopback that answers 503 to the first `failures` POSTs, then 200
+    (each answer after `delay_s`); it keeps every JSON body it accepted (`received`) and counts
+    every request (`requests`)."""
 
-    def __init__(self, failures: int):
+    def __init__(self, failures: int, delay_s: float = 0.0):
         outer = self
         self.failures = failures
+        self.delay_s = delay_s
         self.requests = 0
         self.received: list[dict] = []
 
@@ -99,6 +101,7 @@ class FlakyWebhook:
             def do_POST(self):  # noqa: N802 (http.server's hook name)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 outer.requests += 1
+                time.sleep(outer.delay_s)
                 if outer.requests <= outer.failures:
                     self.send_response(503)
                     self.end_headers()
