@@ -223,3 +223,18 @@ def test_every_command_reports_an_unreachable_database_in_one_line(monkeypatch, 
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "Traceback" not in err, (args, err)
         assert err.startswith("moecomm: error: cannot connect to the database: connection to server at \"127.0.0.1\""), err
+
+
+def test_a_long_statement_the_server_is_working_on_is_not_cut(database_url, monkeypatch):
+    """The watchdog asks the server before it cuts: a statement that runs (here 3 s, with calls
+    checked after 1 s) goes on; the server's statement timeout is its bound."""
+    monkeypatch.setenv("MOECOMM_DB_STALL_S", "1")
+    monkeypatch.setenv("MOECOMM_STATEMENT_TIMEOUT_S", "3.5")
+    engine = db.make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT 1 FROM pg_sleep(3)")).scalar() == 1
+            with pytest.raises(sa.exc.OperationalError, match="canceling statement due to statement timeout"):
+                conn.execute(sa.text("SELECT pg_sleep(10)"))
+    finally:
+        engine.dispose()
