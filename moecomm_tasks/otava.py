@@ -62,12 +62,13 @@ def config(engine: Engine) -> dict:
         for s in series:
             where = series_condition(dict(s._mapping), alias="n.", gpu_model=BRANCH)
             tests[test_name(*s)] = {"inherit": ["moecomm_series"], "query": shown(QUERY.format(where=where))}
-    return {"templates": {"moecomm_series": TEMPLATE}, "tests": tests}
+    # `otava analyze ... moecomm` runs every test (Otava 0.8 takes test or group names, no "all").
+    return {"templates": {"moecomm_series": TEMPLATE}, "tests": tests, "test_groups": {"moecomm": list(tests)}}
 
 
 def config_yaml(engine: Engine) -> str:
     header = ("# Apache Otava configuration written by `moecomm otava-config` from the series in the database.\n"
               "# Connection: POSTGRES_HOSTNAME, POSTGRES_PORT, POSTGRES_USERNAME (the read-only role),\n"
               "# POSTGRES_PASSWORD, POSTGRES_DATABASE. The GPU model is the branch, e.g.:\n"
-              "#   otava analyze --config-file otava.yaml --branch 'NVIDIA H100 80GB HBM3' --all\n")
+              "#   otava analyze --config-file otava.yaml --branch 'NVIDIA H100 80GB HBM3' moecomm\n")
     return header + yaml.safe_dump(config(engine), sort_keys=False, width=120)

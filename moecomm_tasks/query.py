@@ -53,6 +53,18 @@ def runs(engine: Engine, limit: int = 50) -> list[sa.Row]:
 SERIES_KEY = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "op", "gpu_model")
 
 
+def _value(value: Any) -> sql.Composable:
+    """A value as SQL for people and other tools. A text holding backslashes is written as
+    psycopg2's literals of the parts between them joined by chr(92): with no backslash inside a
+    literal, the text reads the same whatever a session's standard_conforming_strings (a
+    backslash before a quote would otherwise end the literal in one setting and not in the
+    other), and tools that scan SQL for placeholders of their own (Otava's driver, pg8000)
+    cannot mistake where a literal ends."""
+    if not isinstance(value, str) or "\\" not in value:
+        return sql.Literal(value)
+    return sql.SQL("({})").format(sql.SQL(" || chr(92) || ").join(sql.Literal(part) for part in value.split("\\")))
+
+
 def series_condition(series: Mapping[str, Any], alias: str = "",
                      gpu_model: sql.Composable | None = None) -> sql.Composed:
     """A WHERE condition naming one series by its values, for SQL shown to people or handed to
@@ -63,7 +75,7 @@ def series_condition(series: Mapping[str, Any], alias: str = "",
         if key == "gpu_model" and gpu_model is not None:
             value = gpu_model
         elif key in series:
-            value = sql.Literal(series[key])
+            value = _value(series[key])
         else:
             continue
         column = sql.SQL(f"{alias}{key}")  # our own column names, not data
@@ -74,18 +86,17 @@ def series_condition(series: Mapping[str, Any], alias: str = "",
 
 @contextmanager
 def shown_sql(engine: Engine) -> Iterator[Callable[[sql.Composable], str]]:
-    """A function that writes composed SQL out as text, quoted by psycopg2 for any session.
+    """A function that writes composed SQL out as text, quoted by psycopg2.
 
     psycopg2 quotes for the connection it is given; this one is opened with
-    `standard_conforming_strings` off, so that every string literal comes out as E'...' with its
-    quotes and backslashes escaped: text that reads the same in a session with that setting on
-    or off (a plain '...' literal holding a backslash does not). Quoting needs no round trip:
-    the connection only carries the settings."""
+    `standard_conforming_strings` on, so literals come out as plain '...' with quotes doubled
+    (and, from `_value`, no backslash in them): text that reads the same in any session.
+    Quoting needs no round trip: the connection only carries the settings."""
     from moecomm_tasks.dbguard import Timeouts
 
     cargs, cparams = engine.dialect.create_connect_args(engine.url)
     conn = psycopg2.connect(*cargs, **{**cparams, **Timeouts.from_env().connect_args(),
-                                       "options": "-c standard_conforming_strings=off",
+                                       "options": "-c standard_conforming_strings=on",
                                        "application_name": "moecomm"})
     try:
         yield lambda composed: composed.as_string(conn)

@@ -31,8 +31,8 @@ def hostile_history(engine):
         for backend in BACKENDS:
             header = RunHeader(profile="gpt_oss", ep_size=2, quant_algo="W4A8_MXFP4_MXFP8", backend=backend,
                                local_batch_sizes=(128,), extra={"provenance": {"gpu_model": "GPU 'x\\"}})
-            jobs.append(ParsedJob(header, tuple(Timing(backend, 128, op, rank, Stats(10.0 + night + rank))
-                                                for op in ("dispatch", "combine") for rank in range(2))))
+            jobs.append(ParsedJob(header, tuple(Timing(backend, 128, "combine", rank, Stats(10.0 + night + rank))
+                                                for rank in range(2))))
         store.load(engine, ParsedOutput(jobs=tuple(jobs)), f"night-{night}", start + timedelta(days=night))
 
 
@@ -66,7 +66,7 @@ def test_otava_keeps_every_series_and_its_queries_are_safe(engine, database_url,
     out = tmp_path / "otava.yaml"
     assert main(["otava-config", "--out", str(out)]) == 0
     tests = yaml.safe_load(out.read_text())["tests"]
-    assert len(tests) == len(BACKENDS) * 2  # x 2 ops: 'TORCH ALLGATHER' and 'TORCH_ALLGATHER' both kept
+    assert len(tests) == len(BACKENDS)  # 'TORCH ALLGATHER' and 'TORCH_ALLGATHER' both kept
     clean = otava.test_name("TORCH_ALLGATHER", "gpt_oss", 2, "W4A8_MXFP4_MXFP8", 128, "combine")
     spaced = otava.test_name("TORCH ALLGATHER", "gpt_oss", 2, "W4A8_MXFP4_MXFP8", 128, "combine")
     assert clean == "TORCH_ALLGATHER.gpt_oss.ep2.W4A8_MXFP4_MXFP8.128.combine"
@@ -87,4 +87,4 @@ def test_the_report_draws_any_name_literally(engine, database_url, hostile_histo
     assert "X$\\badcmd{$" in page and "&lt;!channel&gt;" in page
     assert len(list((tmp_path / "report").glob("*.png"))) >= len(BACKENDS)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM measurement")).scalar() == NIGHTS * len(BACKENDS) * 2
+        assert conn.execute(sa.text("SELECT count(*) FROM measurement")).scalar() == NIGHTS * len(BACKENDS)
