@@ -19,7 +19,8 @@ What bounds what:
   on, up to the statement timeout. Anything else, seen twice 2 s apart, or no answer at all
   within 5 s: the session is terminated on the server (its transaction rolls back, its locks go)
   and the connection's socket is shut down, so the blocked call returns at once with
-  `ConnectionStalled`. A stalled call ends within about `MOECOMM_DB_STALL_S` + 12 s.
+  `ConnectionStalled`. A stalled call ends within `MOECOMM_DB_STALL_S` + 3 s when the server answers the
+  question, + 12 s when it does not.
 
 Connections get all this from `GuardedConnection`, the psycopg2 connection class that
 `db.make_engine` hands to SQLAlchemy.
@@ -33,7 +34,6 @@ import os
 import socket
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -177,23 +177,21 @@ class Watchdog:
     lock: threading.Lock = field(default_factory=threading.Lock)
     keys: Iterator[int] = field(default_factory=itertools.count)
     thread: threading.Thread | None = None
-    pid: int = 0
 
-    @contextmanager
-    def watching(self, conn: "GuardedConnection") -> Iterator[None]:
+    def enter(self, conn: "GuardedConnection") -> int:
+        """Register a call that is about to wait on the server; returns its key for `leave`."""
         now = time.monotonic()
         with self.lock:
             key = next(self.keys)
             self.calls[key] = _Call(conn, now, now + conn.guard_timeouts.stall_s)
-            if self.thread is None or not self.thread.is_alive() or self.pid != os.getpid():
-                self.pid = os.getpid()
+            if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="moecomm-db-watchdog", daemon=True)
                 self.thread.start()
-        try:
-            yield
-        finally:
-            with self.lock:
-                del self.calls[key]
+        return key
+
+    def leave(self, key: int) -> None:
+        with self.lock:
+            del self.calls[key]
 
     def _run(self) -> None:
         while True:
@@ -236,6 +234,20 @@ WATCHDOG = Watchdog()
 os.register_at_fork(after_in_child=lambda: WATCHDOG.__init__())
 
 
+def _guarded(conn: "GuardedConnection", method: Any, *args: Any) -> Any:
+    """`method(*args)`, a call that waits on the server, under the watchdog's eye; when the
+    watchdog cut the connection, its error is `ConnectionStalled`, saying why."""
+    key = WATCHDOG.enter(conn)
+    try:
+        return method(*args)
+    except psycopg2.Error as exc:
+        if conn.guard_cut:
+            raise ConnectionStalled(conn.guard_cut) from exc
+        raise
+    finally:
+        WATCHDOG.leave(key)
+
+
 class GuardedConnection(psycopg2.extensions.connection):
     """A psycopg2 connection whose calls to the server the watchdog bounds."""
 
@@ -249,43 +261,27 @@ class GuardedConnection(psycopg2.extensions.connection):
         self.guard_timeouts = Timeouts.from_env()
         self.guard_cut: str | None = None
 
-    @contextmanager
-    def guarded(self) -> Iterator[None]:
-        try:
-            with WATCHDOG.watching(self):
-                yield
-        except psycopg2.Error as exc:
-            if self.guard_cut:
-                raise ConnectionStalled(self.guard_cut) from exc
-            raise
-
     def commit(self) -> None:
-        with self.guarded():
-            super().commit()
+        _guarded(self, super().commit)
 
     def rollback(self) -> None:
-        with self.guarded():
-            super().rollback()
+        _guarded(self, super().rollback)
 
 
 class GuardedCursor(psycopg2.extensions.cursor):
     """A cursor whose calls to the server the watchdog bounds."""
 
     def execute(self, query: Any, vars: Any = None) -> None:  # noqa: A002 (psycopg2's name)
-        with self.connection.guarded():
-            super().execute(query, vars)
+        _guarded(self.connection, super().execute, query, vars)
 
     def executemany(self, query: Any, vars_list: Any) -> None:
-        with self.connection.guarded():
-            super().executemany(query, vars_list)
+        _guarded(self.connection, super().executemany, query, vars_list)
 
     def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
-        with self.connection.guarded():
-            super().copy_expert(sql, file, size)
+        _guarded(self.connection, super().copy_expert, sql, file, size)
 
     def callproc(self, procname: str, parameters: Any = None) -> Any:
-        with self.connection.guarded():
-            return super().callproc(procname, parameters)
+        return _guarded(self.connection, super().callproc, procname, parameters)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
