@@ -58,7 +58,7 @@ def make_engine(url: str | None = None) -> Engine:
 def results_engine() -> Engine:
     """An engine on the configured results database, after checking its schema: the applied
     migrations must be this moecomm's, checksums included (else `SchemaMismatch`); missing ones
-    are applied. What `load`, `detect`, every other command and the nightly DAG's tasks use."""
+    are applied. What the nightly DAG's tasks start with (every command does the same: `cli._engine`)."""
     from moecomm_tasks import migrate
 
     engine = make_engine()

@@ -28,6 +28,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extras
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
 from moecomm_tasks.dbguard import describe
 from moecomm_tasks.errors import DatabaseError, LoadError
@@ -306,6 +307,7 @@ def load(
         job_provenance.update(provenance or {})
         dropped = [d for d in parsed.dropped if d.job_key in (key, None)]
         prepared.append(_prepare(job, dropped, parsed.failures, job_provenance, state, error))
+
     def write(cur: Any) -> list[JobOutcome]:
         cur.execute(
             "INSERT INTO run (run_id, run_at) VALUES (%s, %s) ON CONFLICT ON CONSTRAINT run_run_id_key DO NOTHING",
@@ -319,7 +321,7 @@ def load(
     except _ConcurrentJob as exc:
         raise LoadError(f"job {exc} of run {run_id} kept being replaced by concurrent loads ({TRANSACTION_ATTEMPTS} "
                         "attempts); nothing of this input was written: retry") from exc
-    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+    except (psycopg2.OperationalError, psycopg2.InterfaceError, DBAPIError) as exc:  # DBAPIError: connecting
         log.info("load of run %s failed: %s", run_id, exc)
         raise DatabaseError(f"run {run_id} was not loaded: {describe(exc)}; a load is all or nothing: "
                             "run it again") from exc
