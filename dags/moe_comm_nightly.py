@@ -26,11 +26,15 @@ from moecomm_tasks.notifiers import RunFailureNotifier
 MATRIX = load_matrix()
 JOB_TIMEOUT = timedelta(seconds=max([MATRIX.timeout_s] + [o.timeout_s or 0 for o in MATRIX.overrides])
                         + MATRIX.kill_grace_s + 300)
-# A benchmark that crashed, hung or failed its check is recorded and not retried; anything else
-# (the node, mpirun, the database) is an infrastructure failure and gets the task's retries.
-BENCHMARK_FAILURES_ARE_FINAL = ExceptionRetryPolicy(rules=[RetryRule(
-    exception="moecomm_tasks.nightly.BenchmarkFailed", action=RetryAction.FAIL,
-    reason="the benchmark itself failed; its job is recorded as failed")])
+# A benchmark that crashed, hung or failed its check is recorded and not retried, nor is a results
+# database whose migrations are not this moecomm's; anything else (the node, mpirun, the database
+# down, dying or not answering) is an infrastructure failure and gets the task's retries.
+FINAL_FAILURES = ExceptionRetryPolicy(rules=[
+    RetryRule(exception="moecomm_tasks.nightly.BenchmarkFailed", action=RetryAction.FAIL,
+              reason="the benchmark itself failed; its job is recorded as failed"),
+    RetryRule(exception="moecomm_tasks.errors.SchemaMismatch", action=RetryAction.FAIL,
+              reason="the results database's migrations are not this moecomm's"),
+])
 
 
 @dag(
@@ -60,38 +64,36 @@ def moe_comm_nightly():
 
         return nightly.plan(MATRIX, dict(params or {}))[queue]
 
-    @task(execution_timeout=JOB_TIMEOUT, retry_policy=BENCHMARK_FAILURES_ARE_FINAL)
+    @task(execution_timeout=JOB_TIMEOUT, retry_policy=FINAL_FAILURES)
     def run_benchmark(job: dict, dag_run=None) -> dict:
         from moecomm_tasks import db, nightly
         from moecomm_tasks.matrix import Job
 
         outcome = nightly.run_job(MATRIX, Job(**job), run_id=dag_run.run_id, run_at=dag_run.run_after,
-                                  engine=db.make_engine())
+                                  engine=db.results_engine())
         return outcome.as_dict()
 
-    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
+    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10), retry_policy=FINAL_FAILURES)
     def analyze(dag_run=None) -> dict:
-        from moecomm_tasks import alerts, db, nightly, notify
+        from moecomm_tasks import db, nightly
 
-        engine = db.make_engine()
-        new_alerts = alerts.run_detection(engine)
-        # One digest per run; nothing is sent when nothing is new. A channel's failure is logged.
-        sent = notify.send_digest(notify.build_digest(dag_run.run_id, new_alerts))
-        return {**nightly.run_summary(engine, dag_run.run_id), "new_alerts": new_alerts, "notified": sent}
+        # Sends what earlier runs could not deliver, then this run's digest, through the outbox.
+        return nightly.analyze(db.results_engine(), dag_run.run_id)
 
-    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
+    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10), retry_policy=FINAL_FAILURES)
     def report(dag_run=None) -> dict:
         from moecomm_tasks import db, nightly, report
 
-        engine = db.make_engine()
+        engine = db.results_engine()
         page = report.write_report(engine, nightly.report_dir(dag_run.run_id), dag_run.run_id)
         return {"table": nightly.report_text(engine, dag_run.run_id), "html": str(page)}
 
-    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=5), retries=0)
+    # Its verdict is final; only an infrastructure failure while reading it is retried.
+    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=5), retry_policy=FINAL_FAILURES)
     def verdict(planned: list, dag_run=None) -> None:
         from moecomm_tasks import db, nightly
 
-        nightly.verdict(db.make_engine(), dag_run.run_id, planned)
+        nightly.verdict(db.results_engine(), dag_run.run_id, planned)
 
     plans = [plan.override(task_id=f"plan__{queue}")(queue) for queue in MATRIX.queues]
     runs = [

@@ -1,5 +1,6 @@
 """Detection over the stored history, and the alerts' lifecycle (open, acknowledged, resolved,
-muted). Reads the public views; writes only the `alert` table.
+muted). Reads the public views; writes only the `alert` table and, in the same transaction, the
+new alerts' deliveries (`moecomm_tasks.outbox`).
 """
 
 from __future__ import annotations
@@ -7,13 +8,14 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from moecomm_tasks.detect import Params, detect, median_stderr
+from moecomm_tasks import outbox
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.query import SERIES_KEY as SERIES
 
@@ -48,8 +50,12 @@ def _provenance(conn: sa.Connection, run_id: str, job_key: str) -> dict[str, Any
     return dict(row._mapping) if row else {}
 
 
-def run_detection(engine: Engine, params: Params = Params()) -> list[dict[str, Any]]:
-    """Detect changes in every series' history; store the new ones; return them (oldest first)."""
+def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequence[str] = (),
+                  digest: str = "") -> list[dict[str, Any]]:
+    """Detect changes in every series' history; store the new ones; return them (oldest first).
+
+    With `deliver_to` (channel names), the new alerts are queued in the outbox on those channels
+    under the digest title `digest`, in the transaction that stores them."""
     raised = []
     with engine.begin() as conn:
         for key, nights in _history(conn).items():
@@ -86,6 +92,7 @@ def run_detection(engine: Engine, params: Params = Params()) -> list[dict[str, A
                         "last_good_run_id": good.run_id, "first_bad_run_id": bad.run_id,
                         "provenance_diff": diff,
                     })
+        outbox.enqueue(conn, [a["alert_id"] for a in raised], deliver_to, digest)
     return raised
 
 

@@ -1,8 +1,8 @@
 """The `moecomm` command line.
 
 Exit codes: 0 success; 1 `load` kept part of its input and dropped the rest (printed with the
-reasons); 2 `load` found nothing loadable and wrote nothing; 3 any other error (the message says
-what to do).
+reasons); 2 `load` found nothing loadable and wrote nothing; 3 any other error, a database that
+is unreachable, dies or stops answering included: one line that says what failed (and what to do).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Sequence
 
+import psycopg2
+import sqlalchemy as sa
 from rich import box
 from rich.console import Console
 from rich.progress import track
@@ -33,8 +35,8 @@ def _engine():
     from moecomm_tasks import db, migrate
 
     engine = db.make_engine()
-    if not migrate.is_current(engine):
-        applied = migrate.upgrade(engine)
+    applied = migrate.ensure_current(engine)
+    if applied:
         err_console.print(f"applied {len(applied)} migration(s)")
     return engine
 
@@ -177,14 +179,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from moecomm_tasks import alerts
+    from moecomm_tasks import alerts, notify, outbox
 
-    raised = alerts.run_detection(_engine())
+    engine = _engine()
+    if args.notify:  # first what earlier runs could not deliver
+        _print_deliveries(outbox.deliver_due(engine))
+    channels = list(notify.channels()) if args.notify else []
+    raised = alerts.run_detection(engine, deliver_to=channels, digest=args.notify or "")
     if args.notify:
-        from moecomm_tasks import notify
-
-        outcome = notify.send_digest(notify.build_digest(args.notify, raised))
-        err_console.print(f"notifications: {outcome or 'nothing new, nothing sent'}")
+        _print_deliveries(outbox.deliver_due(engine), empty="nothing new, nothing sent" if channels
+                          else "no channel configured (README, Configuration)")
     if args.format == "json":
         print(json.dumps(raised, indent=2, default=str))
     else:
@@ -196,10 +200,21 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_deliveries(outcome: dict[str, str], empty: str | None = None) -> None:
+    for target, result in outcome.items():
+        err_console.print(f"notification {target}: {result}", markup=False, soft_wrap=True)
+    if not outcome and empty:
+        err_console.print(f"notifications: {empty}", markup=False)
+
+
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from moecomm_tasks import alerts
+    from moecomm_tasks import alerts, outbox
 
     engine = _engine()
+    if args.action == "deliveries":
+        _table(None, ["id", "alert", "channel", "digest", "state", "attempts", "next attempt", "delivered",
+                      "last error"], outbox.deliveries(engine))
+        return EXIT_OK
     if args.action == "list":
         rows = alerts.list_alerts(engine, args.state)
         _table(None, ["id", "state", "direction", "change %", "confidence", "backend", "profile", "ep", "size", "op",
@@ -300,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "to the channels configured in the environment (see README)")
     p.set_defaults(func=cmd_detect)
 
-    p = sub.add_parser("alerts", help="list alerts, or acknowledge, resolve or mute one")
-    p.add_argument("action", choices=["list", "ack", "resolve", "mute"])
+    p = sub.add_parser("alerts", help="list alerts, or acknowledge, resolve or mute one; or list the alert "
+                                      "digests' deliveries (outbox)")
+    p.add_argument("action", choices=["list", "ack", "resolve", "mute", "deliveries"])
     p.add_argument("id", nargs="?", type=int)
     p.add_argument("--state", choices=["open", "acknowledged", "resolved", "muted"], help="with list: only this state")
     p.add_argument("--note", help="with ack, resolve or mute: why")
@@ -337,7 +353,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except MoecommError as exc:
-        err_console.print(f"moecomm: error: {exc}", markup=False)
+        err_console.print(f"moecomm: error: {exc}", markup=False, soft_wrap=True)
+        return EXIT_ERROR
+    except (sa.exc.SQLAlchemyError, psycopg2.Error) as exc:
+        from moecomm_tasks.dbguard import describe
+
+        err_console.print(f"moecomm: error: {describe(exc)}", markup=False, soft_wrap=True)
         return EXIT_ERROR
 
 

@@ -2,14 +2,18 @@
 
 `MOECOMM_DATABASE_URL` (a SQLAlchemy URL, e.g. `postgresql+psycopg2://user:pw@host/db`) selects a
 server; without it the embedded PostgreSQL (`moecomm_tasks.embedded`) starts on demand.
-`MOECOMM_STATEMENT_TIMEOUT_S` bounds every statement (default 600 s); connecting times out after
-10 s.
+Every connection is bounded (`moecomm_tasks.dbguard`): connect timeout, TCP keepalives and user
+timeout, statement and idle-in-transaction timeouts, and the watchdog for a connection that stops
+answering.
 
-Environment: `MOECOMM_DATABASE_URL`, `MOECOMM_STATEMENT_TIMEOUT_S`, and those of `embedded`.
+Environment: `MOECOMM_DATABASE_URL`, those of `dbguard.Timeouts` (`MOECOMM_CONNECT_TIMEOUT_S`,
+`MOECOMM_STATEMENT_TIMEOUT_S`, `MOECOMM_IDLE_IN_TRANSACTION_TIMEOUT_S`, `MOECOMM_DB_STALL_S`),
+and those of `embedded`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from contextlib import contextmanager
@@ -18,9 +22,11 @@ from typing import Iterator
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
+from moecomm_tasks.dbguard import Timeouts
 from moecomm_tasks.embedded import EmbeddedPostgres
 from moecomm_tasks.errors import DatabaseError
 
+log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10
 
 
@@ -33,7 +39,8 @@ def database_url() -> str:
 
 
 def make_engine(url: str | None = None) -> Engine:
-    """An engine with connect and statement timeouts; `url` defaults to `database_url()`."""
+    """An engine whose every connection is bounded (`dbguard.Timeouts`, from the environment);
+    `url` defaults to `database_url()`."""
     url = url or database_url()
     try:
         parsed = make_url(url)
@@ -41,16 +48,23 @@ def make_engine(url: str | None = None) -> Engine:
         raise DatabaseError(f"MOECOMM_DATABASE_URL is not a SQLAlchemy URL: {exc}") from exc
     if parsed.get_backend_name() != "postgresql":
         raise DatabaseError(f"moecomm needs PostgreSQL, not {parsed.get_backend_name()!r}")
-    timeout_ms = int(float(os.environ.get("MOECOMM_STATEMENT_TIMEOUT_S", "600")) * 1000)
     return sa.create_engine(
         parsed,
         pool_pre_ping=True,
-        connect_args={
-            "connect_timeout": CONNECT_TIMEOUT_S,
-            "options": f"-c statement_timeout={timeout_ms}",
-            "application_name": "moecomm",
-        },
+        connect_args={**Timeouts.from_env().connect_args(), "application_name": "moecomm"},
     )
+
+
+def results_engine() -> Engine:
+    """An engine on the configured results database, after checking its schema: the applied
+    migrations must be this moecomm's, checksums included (else `SchemaMismatch`); missing ones
+    are applied. What the nightly DAG's tasks start with (every command does the same: `cli._engine`)."""
+    from moecomm_tasks import migrate
+
+    engine = make_engine()
+    for applied in migrate.ensure_current(engine):
+        log.info("applied migration %04d_%s", applied.version, applied.name)
+    return engine
 
 
 @contextmanager

@@ -19,6 +19,11 @@ class DatabaseError(MoecommError):
     """The database cannot be reached, started or migrated."""
 
 
+class SchemaMismatch(DatabaseError):
+    """The database's applied migrations are not this moecomm's (another version, or a changed
+    file): nothing may be read or written until that is fixed."""
+
+
 class LaunchError(MoecommError):
     """A benchmark launch that could not start, crashed or timed out."""
 

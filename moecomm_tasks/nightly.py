@@ -5,7 +5,9 @@ disk, parses them and loads whatever was measured under the DAG run's id, with t
 a crashed or timed-out job is recorded as failed (with its dropped objects, worker tracebacks
 and the error), so the final tasks can read every outcome from the database. Benchmark failures
 raise `BenchmarkFailed` (not worth a retry); infrastructure failures (`LaunchError`, `LoadError`,
-`DatabaseError`) propagate as they are, and the task's retries may try again.
+`DatabaseError`: a database that is down, dies or stops answering, bounded as every connection
+is by `moecomm_tasks.dbguard`) propagate as they are, and the task's retries try again. A
+database whose migrations are not this moecomm's (`SchemaMismatch`) is refused, not retried.
 """
 
 from __future__ import annotations
@@ -127,6 +129,19 @@ def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: 
     if error or final == "failed":
         raise BenchmarkFailed(f"{job.name}: {error or 'nothing was measured'} (outputs in {artifacts})")
     return outcome
+
+
+def analyze(engine: Engine, run_id: str) -> dict[str, Any]:
+    """The `analyze` task: first send the alert digests earlier runs could not deliver, then detect,
+    queue the new alerts on every configured channel (one digest titled with the run id) and send
+    them. A channel that fails is recorded in the outbox and tried again by the next run (or
+    `moecomm detect --notify`); nothing is sent when nothing is new."""
+    from moecomm_tasks import alerts, notify, outbox
+
+    earlier = outbox.deliver_due(engine)
+    new_alerts = alerts.run_detection(engine, deliver_to=list(notify.channels()), digest=run_id)
+    notified = {**earlier, **outbox.deliver_due(engine)}
+    return {**run_summary(engine, run_id), "new_alerts": new_alerts, "notified": notified}
 
 
 def run_summary(engine: Engine, run_id: str) -> dict[str, Any]:

@@ -11,7 +11,10 @@ generic JSON webhook. Each channel is optional and configured from the environme
 
 A group is the set of new alerts that share their run range (last good run, first bad run): the
 same night broke them, so they probably share a cause, shown with the provenance that changed.
-Every alert carries the SQL that shows its series. Nothing is sent when there is nothing new.
+Every alert carries the SQL that shows its series, composed with psycopg2's quoting
+(`query.shown_sql`). Names come from benchmark output, so the Slack message escapes them (no
+mention, link or formatting can be smuggled in). Delivery, retried until it succeeds, is the
+outbox's (`moecomm_tasks.outbox`); this module builds digests and sends one on one channel.
 """
 
 from __future__ import annotations
@@ -25,18 +28,20 @@ import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, Callable, Mapping
 
-from moecomm_tasks.query import series_where_literal
+from psycopg2 import sql
+
+from moecomm_tasks.query import series_condition
 
 log = logging.getLogger(__name__)
 TIMEOUT_S = 10
 
 
-def series_sql(alert: dict[str, Any]) -> str:
+def series_sql(alert: Mapping[str, Any]) -> sql.Composed:
     """The query that shows an alert's series around its change (public view `nightly_series`)."""
-    return (f"SELECT run_id, run_at, excluded, slowest_rank_us, median_us, within_night_stdev_us "
-            f"FROM nightly_series WHERE {series_where_literal(alert)} ORDER BY run_at;")
+    return sql.SQL("SELECT run_id, run_at, excluded, slowest_rank_us, median_us, within_night_stdev_us "
+                   "FROM nightly_series WHERE {} ORDER BY run_at;").format(series_condition(alert))
 
 
 @dataclass(frozen=True)
@@ -55,8 +60,9 @@ class Digest:
                 f"{len(self.groups)} probable cause(s)")
 
 
-def build_digest(run_id: str, alerts: list[dict[str, Any]]) -> Digest:
-    """Group new alerts (as `alerts.run_detection` returns them) by their run range."""
+def build_digest(run_id: str, alerts: list[dict[str, Any]], shown: Callable[[sql.Composable], str]) -> Digest:
+    """Group new alerts (as `alerts.run_detection` returns them) by their run range; `shown`
+    writes each alert's SQL out (`query.shown_sql`)."""
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for alert in alerts:
         grouped[(alert["last_good_run_id"], alert["first_bad_run_id"])].append(alert)
@@ -73,7 +79,7 @@ def build_digest(run_id: str, alerts: list[dict[str, Any]]) -> Digest:
                         "change_pct": round(float(a["change_pct"]), 2),
                         "confidence": round(float(a["confidence"]), 4),
                         "baseline_us": round(float(a["baseline_us"]), 3), "after_us": round(float(a["after_us"]), 3),
-                        "sql": series_sql(a)} for a in members],
+                        "sql": shown(series_sql(a))} for a in members],
         })
     return Digest(run_id, groups)
 
@@ -102,13 +108,21 @@ def render_text(digest: Digest) -> str:
     return "\n".join(out) + "\n"
 
 
+def slack_escape(text: str) -> str:
+    """Text from the data as Slack shows it literally: `&`, `<` and `>` escaped, so that no
+    `<!channel>`, `<@user>` or `<https://...|link>` in a name acts as one."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def render_slack(digest: Digest) -> dict[str, Any]:
     """Slack message: a text fallback and Block Kit blocks, one section per probable cause."""
-    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": digest.title()[:150]}}]
+    title = slack_escape(digest.title())
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": title[:150]}}]
     for group in digest.groups:
-        lines = [f"*{_cause(group)}*"] + [f"• #{a['alert_id']} {_line(a)}\n```{a['sql']}```" for a in group["alerts"]]
+        lines = [f"*{slack_escape(_cause(group))}*"] + [
+            f"• #{a['alert_id']} {slack_escape(_line(a))}\n```{slack_escape(a['sql'])}```" for a in group["alerts"]]
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)[:3000]}})
-    return {"text": digest.title(), "blocks": blocks}
+    return {"text": title, "blocks": blocks}
 
 
 def render_webhook(digest: Digest) -> dict[str, Any]:
@@ -120,7 +134,7 @@ def send_slack(digest: Digest, conn_id: str) -> None:
 
     message = render_slack(digest)
     SlackWebhookNotifier(slack_webhook_conn_id=conn_id, text=message["text"], blocks=message["blocks"],
-                         timeout=TIMEOUT_S).notify({})
+                         unfurl_links=False, unfurl_media=False, timeout=TIMEOUT_S).notify({})
 
 
 def send_email(digest: Digest, env: dict[str, str]) -> None:
@@ -157,27 +171,15 @@ def send_webhook(digest: Digest, url: str) -> None:
     post_json(url, render_webhook(digest))
 
 
-def send_digest(digest: Digest, env: dict[str, str] | None = None) -> dict[str, str]:
-    """Send the digest on every configured channel; returns channel -> "sent" or the error.
-
-    Nothing is sent for an empty digest. One channel failing does not stop the others; the
-    caller decides what a failure means (the DAG logs it; alerts stay in the database)."""
+def channels(env: Mapping[str, str] | None = None) -> dict[str, Callable[[Digest], None]]:
+    """The channels configured in `env` (default: the environment), each a function that sends
+    a digest and raises when that fails."""
     env = dict(os.environ if env is None else env)
-    if digest.empty:
-        return {}
-    channels = {}
+    configured: dict[str, Callable[[Digest], None]] = {}
     if env.get("MOECOMM_SLACK_CONN_ID"):
-        channels["slack"] = lambda: send_slack(digest, env["MOECOMM_SLACK_CONN_ID"])
+        configured["slack"] = lambda digest: send_slack(digest, env["MOECOMM_SLACK_CONN_ID"])
     if env.get("MOECOMM_SMTP_HOST") and env.get("MOECOMM_ALERT_EMAIL_TO"):
-        channels["email"] = lambda: send_email(digest, env)
+        configured["email"] = lambda digest: send_email(digest, env)
     if env.get("MOECOMM_ALERT_WEBHOOK_URL"):
-        channels["webhook"] = lambda: send_webhook(digest, env["MOECOMM_ALERT_WEBHOOK_URL"])
-    outcome = {}
-    for name, send in channels.items():
-        try:
-            send()
-            outcome[name] = "sent"
-        except Exception as exc:  # noqa: BLE001 (a channel's failure is reported, not raised)
-            log.warning("alert digest: %s failed: %s: %s", name, type(exc).__name__, exc)
-            outcome[name] = f"failed: {type(exc).__name__}: {exc}"
-    return outcome
+        configured["webhook"] = lambda digest: send_webhook(digest, env["MOECOMM_ALERT_WEBHOOK_URL"])
+    return configured

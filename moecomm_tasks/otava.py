@@ -8,16 +8,22 @@ is Otava's branch (`--branch "NVIDIA H100 80GB HBM3"`): each query filters it wi
 placeholder it hands pg8000 `None` as the parameters and fails with a TypeError.) Otava sees one
 number per night and series: the slowest rank's median iteration (its mean without
 `--iter_stats`), with the run id and the NCCL, CUDA and torch versions as attributes.
+A test's name is the series' key made safe for Otava; when that changed the key (a space in a
+backend's name, say), a short hash of the key is added, so two series never share a test. The
+queries are composed with psycopg2's quoting (`query.shown_sql`).
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import sqlalchemy as sa
 import yaml
+from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
 from moecomm_tasks.names import safe_name
-from moecomm_tasks.query import series_where_literal
+from moecomm_tasks.query import series_condition, shown_sql
 
 TEMPLATE = {
     "type": "postgres",
@@ -26,16 +32,23 @@ TEMPLATE = {
     # Latency: lower is better (a rise is a regression).
     "metrics": {"slowest_rank_us": {"direction": -1}, "median_us": {"direction": -1}},
 }
-QUERY = """SELECT n.run_at, n.run_id, COALESCE(n.slowest_rank_median_us, n.slowest_rank_us) AS slowest_rank_us,
+QUERY = sql.SQL("""SELECT n.run_at, n.run_id, COALESCE(n.slowest_rank_median_us, n.slowest_rank_us) AS slowest_rank_us,
        n.median_us, p.nccl_version, p.cuda_version, p.torch_version, p.trtllm_commit
 FROM nightly_series n LEFT JOIN provenance_flat p USING (run_id, job_key)
 WHERE NOT n.excluded AND {where}
-ORDER BY n.run_at"""
+ORDER BY n.run_at""")
+BRANCH = sql.SQL("%{BRANCH}")  # Otava's placeholder for the --branch value
 
 
 def test_name(backend: str, profile: str, ep_size: int, quant: str, size: int, op: str) -> str:
+    """The series' key as an Otava test name: unique per series, whatever the names hold."""
     name = f"{backend}.{profile}.ep{ep_size}.{quant or 'default'}.{size}.{op}"
-    return safe_name(name)
+    safe = safe_name(name)
+    if safe == name:
+        return name
+    # Sanitising can map two keys to one name ('TORCH ALLGATHER' and 'TORCH_ALLGATHER'): the
+    # hash of the key as it is tells them apart; a key that needed no change never has one.
+    return f"{safe}.{hashlib.sha256(name.encode()).hexdigest()[:10]}"
 
 
 def config(engine: Engine) -> dict:
@@ -45,15 +58,17 @@ def config(engine: Engine) -> dict:
             SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op
             FROM nightly_series ORDER BY 1, 2, 3, 4, 5, 6""")).all()
     tests = {}
-    for s in series:
-        where = series_where_literal(dict(s._mapping), alias="n.", gpu_model="%{BRANCH}")
-        tests[test_name(*s)] = {"inherit": ["moecomm_series"], "query": QUERY.format(where=where)}
-    return {"templates": {"moecomm_series": TEMPLATE}, "tests": tests}
+    with shown_sql(engine) as shown:
+        for s in series:
+            where = series_condition(dict(s._mapping), alias="n.", gpu_model=BRANCH)
+            tests[test_name(*s)] = {"inherit": ["moecomm_series"], "query": shown(QUERY.format(where=where))}
+    # `otava analyze ... moecomm` runs every test (Otava 0.8 takes test or group names, no "all").
+    return {"templates": {"moecomm_series": TEMPLATE}, "tests": tests, "test_groups": {"moecomm": list(tests)}}
 
 
 def config_yaml(engine: Engine) -> str:
     header = ("# Apache Otava configuration written by `moecomm otava-config` from the series in the database.\n"
               "# Connection: POSTGRES_HOSTNAME, POSTGRES_PORT, POSTGRES_USERNAME (the read-only role),\n"
               "# POSTGRES_PASSWORD, POSTGRES_DATABASE. The GPU model is the branch, e.g.:\n"
-              "#   otava analyze --config-file otava.yaml --branch 'NVIDIA H100 80GB HBM3' --all\n")
+              "#   otava analyze --config-file otava.yaml --branch 'NVIDIA H100 80GB HBM3' moecomm\n")
     return header + yaml.safe_dump(config(engine), sort_keys=False, width=120)

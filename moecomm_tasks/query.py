@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, Callable, Iterator, Mapping
 
+import psycopg2
 import sqlalchemy as sa
+from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
 from moecomm_tasks.errors import MoecommError
@@ -49,26 +53,55 @@ def runs(engine: Engine, limit: int = 50) -> list[sa.Row]:
 SERIES_KEY = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "op", "gpu_model")
 
 
-def sql_literal(value: object) -> str:
-    """An integer, or a quoted SQL string literal."""
-    return str(int(value)) if isinstance(value, int) else "'" + str(value).replace("'", "''") + "'"
+def _value(value: Any) -> sql.Composable:
+    """A value as SQL for people and other tools. A text holding backslashes is written as
+    psycopg2's literals of the parts between them joined by chr(92): with no backslash inside a
+    literal, the text reads the same whatever a session's standard_conforming_strings (a
+    backslash before a quote would otherwise end the literal in one setting and not in the
+    other), and tools that scan SQL for placeholders of their own (Otava's driver, pg8000)
+    cannot mistake where a literal ends."""
+    if not isinstance(value, str) or "\\" not in value:
+        return sql.Literal(value)
+    return sql.SQL("({})").format(sql.SQL(" || chr(92) || ").join(sql.Literal(part) for part in value.split("\\")))
 
 
-def series_where_literal(series: dict, alias: str = "", gpu_model: str | None = None) -> str:
-    """A WHERE condition naming one series with literals, for SQL shown to people or handed to
-    other tools (not run with parameters here). A null quantization or GPU model compares as ''.
-    `gpu_model`, when given, is used as written for the GPU model's value (a placeholder)."""
+def series_condition(series: Mapping[str, Any], alias: str = "",
+                     gpu_model: sql.Composable | None = None) -> sql.Composed:
+    """A WHERE condition naming one series by its values, for SQL shown to people or handed to
+    other tools (write it out with `shown_sql`). A null quantization or GPU model compares as ''.
+    `gpu_model`, when given, stands for the GPU model's value as it is (a placeholder)."""
     clauses = []
     for key in SERIES_KEY:
         if key == "gpu_model" and gpu_model is not None:
             value = gpu_model
         elif key in series:
-            value = sql_literal(series[key])
+            value = _value(series[key])
         else:
             continue
-        column = f"{alias}{key}"
-        clauses.append(f"COALESCE({column}, '') = {value}" if key in ("quant_algo", "gpu_model") else f"{column} = {value}")
-    return " AND ".join(clauses)
+        column = sql.SQL(f"{alias}{key}")  # our own column names, not data
+        template = "COALESCE({}, '') = {}" if key in ("quant_algo", "gpu_model") else "{} = {}"
+        clauses.append(sql.SQL(template).format(column, value))
+    return sql.SQL(" AND ").join(clauses)
+
+
+@contextmanager
+def shown_sql(engine: Engine) -> Iterator[Callable[[sql.Composable], str]]:
+    """A function that writes composed SQL out as text, quoted by psycopg2.
+
+    psycopg2 quotes for the connection it is given; this one is opened with
+    `standard_conforming_strings` on, so literals come out as plain '...' with quotes doubled
+    (and, from `_value`, no backslash in them): text that reads the same in any session.
+    Quoting needs no round trip: the connection only carries the settings."""
+    from moecomm_tasks.dbguard import Timeouts
+
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    conn = psycopg2.connect(*cargs, **{**cparams, **Timeouts.from_env().connect_args(),
+                                       "options": "-c standard_conforming_strings=on",
+                                       "application_name": "moecomm"})
+    try:
+        yield lambda composed: composed.as_string(conn)
+    finally:
+        conn.close()
 
 
 def trend(engine: Engine, series: SeriesFilter, since: datetime | None = None) -> list[sa.Row]:

@@ -11,7 +11,9 @@ Three sections, all read from the public views (`nightly_series`, `alert`):
   on the report's night (where the lines cross is where one backend overtakes another).
 
 Matplotlib draws the plots with its non-interactive Agg backend; the page has no script and no
-external resource, so it opens from a file or any static web server.
+external resource, so it opens from a file or any static web server. Names in plot labels come
+from benchmark output: their `$` are escaped (`_label`), so matplotlib never reads them as
+mathtext.
 """
 
 from __future__ import annotations
@@ -90,6 +92,12 @@ def _alert_series(conn: sa.Connection, alert: sa.Row) -> list[Point]:
     return [Point(r.run_id, r.run_at, float(r.value)) for r in rows]
 
 
+def _label(text: str) -> str:
+    """`text` as matplotlib shows it literally: a `$` pair would start mathtext (and a bad command
+    in it would fail the whole report)."""
+    return text.replace("$", r"\$")
+
+
 def _slug(*parts: Any) -> str:
     return safe_name("_".join(str(p) for p in parts), "-").strip("-")
 
@@ -137,7 +145,7 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
             ax.plot([xs[-1]], [points[-1].value], marker="o", markersize=8, color=line.get_color())
         ax.set_yscale("log")
         ax.set_ylabel("slowest rank, µs")
-        ax.set_title(f"{profile} EP{ep} {backend} {op}", fontsize=10)
+        ax.set_title(_label(f"{profile} EP{ep} {backend} {op}"), fontsize=10)
         ax.legend(fontsize=7, ncol=2)
         fig.autofmt_xdate()
         save(fig, "history", f"history_{_slug(profile, ep, backend, op)}.png",
@@ -151,12 +159,12 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         window = points[max(0, bad - 21):bad + 14]
         fig, ax = plt.subplots(figsize=(6.4, 3.0))
         ax.plot([p.run_at for p in window], [p.value for p in window], marker=".", color="black")
-        ax.axvline(points[bad].run_at, color="red", linestyle="--", label=f"first bad: {alert.first_bad_run_id}")
+        ax.axvline(points[bad].run_at, color="red", linestyle="--", label=_label(f"first bad: {alert.first_bad_run_id}"))
         ax.axhline(alert.baseline_us, color="grey", linestyle=":", label=f"baseline {alert.baseline_us:.1f} µs")
         ax.axhline(alert.after_us, color="red", linestyle=":", label=f"after {alert.after_us:.1f} µs")
         ax.set_ylabel("slowest rank, µs")
-        ax.set_title(f"#{alert.alert_pk} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} {alert.profile} "
-                     f"EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}", fontsize=9)
+        ax.set_title(_label(f"#{alert.alert_pk} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} "
+                            f"{alert.profile} EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}"), fontsize=9)
         ax.legend(fontsize=7)
         fig.autofmt_xdate()
         save(fig, "alerts", f"alert_{alert.alert_pk}.png",
@@ -172,12 +180,12 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         fig, ax = plt.subplots(figsize=(6.4, 3.0))
         for backend, values in sorted(by_backend.items()):
             values.sort()
-            ax.plot([v[0] for v in values], [v[1] for v in values], marker="o", label=backend)
+            ax.plot([v[0] for v in values], [v[1] for v in values], marker="o", label=_label(backend))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("tokens per rank")
         ax.set_ylabel("slowest rank, µs")
-        ax.set_title(f"{profile} EP{ep} {op}: backends on {run_id}", fontsize=10)
+        ax.set_title(_label(f"{profile} EP{ep} {op}: backends on {run_id}"), fontsize=10)
         ax.legend(fontsize=7)
         save(fig, "backends", f"backends_{_slug(profile, ep, op)}.png",
              f"{profile}, EP {ep}, {op}: every backend against token count, this night")

@@ -5,6 +5,8 @@ a failure part-way leaves nothing of it behind. The job's content is fingerprint
 the same run id changes no row; loading different content for the same job (a re-measurement)
 replaces that job's rows whole. Measurements (one row per backend, size and op, the ranks' times
 in arrays) go in with binary COPY, kernel timings with CSV COPY.
+Concurrent loads of one job serialize on its row, and the one that lost the race runs again
+(`_in_transaction`): each of them succeeds, and the last one's content stays.
 """
 
 from __future__ import annotations
@@ -14,20 +16,27 @@ import hashlib
 import io
 import json
 import logging
+import random
 import struct
+import time
 from dataclasses import astuple, dataclass, field, fields
 from datetime import datetime, timezone
 from itertools import repeat
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
 import psycopg2
+import psycopg2.errors
 import psycopg2.extras
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 
-from moecomm_tasks.errors import LoadError
+from moecomm_tasks.dbguard import describe
+from moecomm_tasks.errors import DatabaseError, LoadError
 from moecomm_tasks.records import Dropped, ParsedJob, ParsedOutput, RunHeader, Timing, WorkerFailure
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+TRANSACTION_ATTEMPTS = 5
 
 PROVENANCE_COLUMNS = (
     "gpu_model", "gpu_count", "driver_version", "cuda_version", "nccl_version", "torch_version",
@@ -240,7 +249,7 @@ def _write(cur: Any, run_pk: int, prepared: list[_PreparedJob]) -> list[JobOutco
         job_pks = dict(inserted)
         raced = [p.key for p in to_write if p.key not in job_pks]
         if raced:
-            raise LoadError(f"job {raced[0]} of this run was loaded by another process at the same time; retry")
+            raise _ConcurrentJob(raced[0])
     field_count = struct.pack(">h", len(MEASUREMENT_COLUMNS))
     _copy_binary(cur, "measurement", MEASUREMENT_COLUMNS, (
         field_count + struct.pack(">iq", 8, job_pks[p.key]) + row for p in to_write for row in p.measurement_rows
@@ -283,7 +292,8 @@ def load(
     `provenance` (keys of the provenance table; others are kept in its `extra`) is merged over
     what the run header carries under `provenance`. `state` and `error` override the job state
     derived from the input (the DAG records launch failures this way).
-    Raises `LoadError` when the database refuses the input; then nothing of it was written.
+    Raises `LoadError` when the database refuses the input, `DatabaseError` when the database
+    fails (unreachable, gone or stalled mid-load); either way nothing of it was written.
     """
     if not run_id or not run_id.strip():
         raise LoadError("a run id is required (--run-id)")
@@ -297,22 +307,69 @@ def load(
         job_provenance.update(provenance or {})
         dropped = [d for d in parsed.dropped if d.job_key in (key, None)]
         prepared.append(_prepare(job, dropped, parsed.failures, job_provenance, state, error))
-    raw = engine.raw_connection()
+
+    def write(cur: Any) -> list[JobOutcome]:
+        cur.execute(
+            "INSERT INTO run (run_id, run_at) VALUES (%s, %s) ON CONFLICT ON CONSTRAINT run_run_id_key DO NOTHING",
+            (run_id, run_at),
+        )
+        cur.execute("SELECT run_pk FROM run WHERE run_id = %s", (run_id,))
+        return _write(cur, cur.fetchone()[0], prepared)
+
     try:
-        with raw.cursor() as cur:
-            cur.execute(
-                "INSERT INTO run (run_id, run_at) VALUES (%s, %s) ON CONFLICT ON CONSTRAINT run_run_id_key DO NOTHING",
-                (run_id, run_at),
-            )
-            cur.execute("SELECT run_pk FROM run WHERE run_id = %s", (run_id,))
-            outcomes = _write(cur, cur.fetchone()[0], prepared)
-        raw.commit()
+        outcomes = _in_transaction(engine, write)
+    except _ConcurrentJob as exc:
+        raise LoadError(f"job {exc} of run {run_id} kept being replaced by concurrent loads ({TRANSACTION_ATTEMPTS} "
+                        "attempts); nothing of this input was written: retry") from exc
+    except (psycopg2.OperationalError, psycopg2.InterfaceError, DBAPIError) as exc:  # DBAPIError: connecting
+        log.info("load of run %s failed: %s", run_id, exc)
+        raise DatabaseError(f"run {run_id} was not loaded: {describe(exc)}; a load is all or nothing: "
+                            "run it again") from exc
     except (psycopg2.Error, LoadError, ValueError) as exc:
-        raw.rollback()
-        log.error("load of run %s failed: %s", run_id, exc)
+        log.info("load of run %s failed: %s", run_id, exc)
         if isinstance(exc, LoadError):
             raise
-        raise LoadError(f"the database refused run {run_id}'s input (nothing of it was written): {str(exc).strip()}") from exc
-    finally:
-        raw.close()
+        raise LoadError(f"the database refused run {run_id}'s input (nothing of it was written): "
+                        f"{' '.join(str(exc).split())}") from exc
     return LoadResult(run_id, tuple(outcomes), parsed.dropped, parsed.failures)
+
+
+class _ConcurrentJob(Exception):
+    """A job of this input was inserted by another process after this transaction looked for it."""
+
+
+def _discard(raw: Any) -> None:
+    """Roll back a failed transaction; when that fails too (the connection is gone), drop the
+    connection instead, so the error that caused it is the one reported."""
+    try:
+        raw.rollback()
+    except Exception as exc:  # noqa: BLE001 (any failure here is secondary to the first error)
+        log.info("rollback failed (%s: %s); the connection is discarded", type(exc).__name__, exc)
+        raw.invalidate()
+
+
+def _in_transaction(engine: Engine, work: Callable[[Any], T]) -> T:
+    """Run `work(cursor)` in one transaction and commit it.
+
+    A transaction that lost a race with a concurrent load of the same job (`_ConcurrentJob`), or
+    that the server rolled back to break a deadlock or a serialization conflict, runs again, up to
+    TRANSACTION_ATTEMPTS times, after a short random pause: concurrent replaces of one job all
+    succeed, one after the other. Anything else is raised as it came."""
+    attempt = 1
+    while True:
+        raw = engine.raw_connection()
+        try:
+            with raw.cursor() as cur:
+                result = work(cur)
+            raw.commit()
+            return result
+        except Exception as exc:
+            _discard(raw)
+            if attempt == TRANSACTION_ATTEMPTS or not isinstance(
+                    exc, (_ConcurrentJob, psycopg2.errors.TransactionRollbackError)):
+                raise
+            log.info("load transaction %d/%d lost a race (%s); trying again", attempt, TRANSACTION_ATTEMPTS, exc)
+        finally:
+            raw.close()
+        time.sleep(random.uniform(0.05, 0.25) * attempt)
+        attempt += 1

@@ -18,9 +18,19 @@ pytestmark = pytest.mark.integration
 DAGS = Path(__file__).parent.parent.parent / "dags"
 FACTS = """
 import json, sys
+import psycopg2, sqlalchemy as sa
 from airflow.dag_processing.dagbag import DagBag
+from moecomm_tasks.dbguard import ConnectionStalled
+from moecomm_tasks.errors import DatabaseError, SchemaMismatch
+from moecomm_tasks.nightly import BenchmarkFailed
 bag = DagBag(dag_folder=sys.argv[1])
 dag = bag.dags.get("moe_comm_nightly")
+FAULTS = {"benchmark": BenchmarkFailed("x"), "schema": SchemaMismatch("x"), "database": DatabaseError("x"),
+          "stalled": sa.exc.OperationalError("SELECT 1", {}, ConnectionStalled("x")),
+          "unreachable": sa.exc.OperationalError("connect", {}, psycopg2.OperationalError("x"))}
+def policy(t):
+    p = getattr(t, "retry_policy", None)
+    return {k: p.evaluate(e, 1, 2).action.value for k, e in FAULTS.items()} if p else None
 print(json.dumps({
     "errors": {k: str(v)[-300:] for k, v in bag.import_errors.items()},
     "schedule": dag.timetable.expression, "schedule_tz": str(dag.timetable.timezone), "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
@@ -29,7 +39,7 @@ print(json.dumps({
     "tasks": {t.task_id: {
         "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
         "queue": t.queue, "pool": t.pool, "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule), "retries": t.retries,
-        "retry_policy": type(getattr(t, "retry_policy", None)).__name__,
+        "retry_policy": type(getattr(t, "retry_policy", None)).__name__, "policy": policy(t),
         "mapped": any(c.__name__ == "MappedOperator" for c in type(t).__mro__), "upstream": sorted(t.upstream_task_ids)}
         for t in dag.tasks},
 }))
@@ -65,6 +75,12 @@ def test_dag_imports_without_a_database_and_follows_the_policy(tmp_path):
     assert tasks["analyze"]["trigger_rule"] == "all_done" and tasks["report"]["trigger_rule"] == "all_done"
     assert tasks["analyze"]["upstream"] == ["run_benchmark__gpu-node-1"]
     assert tasks["verdict"]["trigger_rule"] == "all_done" and "report" in tasks["verdict"]["upstream"]
+    # An infrastructure failure (the database down, dying or not answering) is retried by Airflow;
+    # a failed benchmark or a database whose migrations are not this moecomm's is not.
+    for name in ("run_benchmark__gpu-node-1", "analyze", "report", "verdict"):
+        assert tasks[name]["retries"] >= 1, name
+        assert tasks[name]["policy"] == {"benchmark": "fail", "schema": "fail", "database": "default",
+                                         "stalled": "default", "unreachable": "default"}, name
 
 
 def test_a_bad_matrix_is_an_import_error_naming_the_field(tmp_path):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiosmtpd.controller import Controller
 
-from moecomm_tasks import notify
+from moecomm_tasks import notify, query
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
 
@@ -46,26 +46,53 @@ def _golden(name: str, text: str) -> None:
     assert text == path.read_text(), f"{name} differs from its golden file"
 
 
-def test_digest_groups_by_run_range_and_orders_by_size():
-    digest = notify.build_digest("nightly-2026-11-21", ALERTS)
+@pytest.fixture
+def shown(engine):
+    with query.shown_sql(engine) as render:
+        yield render
+
+
+def send_digest(digest, env) -> dict[str, str]:
+    """Send on every channel configured in `env`; channel -> "sent" or the error."""
+    outcome = {}
+    for name, send in notify.channels(env).items():
+        try:
+            send(digest)
+            outcome[name] = "sent"
+        except Exception as exc:  # noqa: BLE001
+            outcome[name] = f"failed: {type(exc).__name__}: {exc}"
+    return outcome
+
+
+def test_digest_groups_by_run_range_and_orders_by_size(shown):
+    digest = notify.build_digest("nightly-2026-11-21", ALERTS, shown)
     assert [(g["first_bad_run_id"], [a["alert_id"] for a in g["alerts"]]) for g in digest.groups] == [
         ("nightly-2026-11-21", [8, 7]), ("nightly-2026-11-19", [9])]
     assert digest.groups[0]["provenance_diff"] == {"nccl_version": ["2.27.7", "2.28.9"]}
 
 
-def test_payloads_match_their_golden_files():
-    digest = notify.build_digest("nightly-2026-11-21", ALERTS)
+def test_payloads_match_their_golden_files(shown):
+    digest = notify.build_digest("nightly-2026-11-21", ALERTS, shown)
     _golden("digest.txt", notify.render_text(digest))
     _golden("digest_slack.json", json.dumps(notify.render_slack(digest), indent=2) + "\n")
     _golden("digest_webhook.json", json.dumps(notify.render_webhook(digest), indent=2) + "\n")
 
 
-def test_series_sql_runs_against_the_public_view(engine):
-    import sqlalchemy as sa
-
+def test_series_sql_runs_against_the_public_view(engine, shown):
     with engine.connect() as conn:  # an empty history: the query is valid and returns no rows
-        assert conn.execute(sa.text(notify.series_sql(ALERTS[0]))).all() == []
-    assert "''" in notify.series_sql({**ALERTS[0], "op": "it's"})  # quoted, not injected
+        assert conn.exec_driver_sql(shown(notify.series_sql(ALERTS[0]))).all() == []
+    assert "op = 'it''s'" in shown(notify.series_sql({**ALERTS[0], "op": "it's"}))  # quoted, not injected
+
+
+def test_slack_text_from_the_data_is_escaped(shown):
+    """A name can hold Slack's control sequences: a mention, a link, an entity."""
+    hostile = "<!channel> <https://evil.example|click> & <@U123>"
+    digest = notify.build_digest("nightly-<!here>", [{**ALERTS[0], "backend": hostile, "gpu_model": "<b>"}], shown)
+    message = json.dumps(notify.render_slack(digest))
+    for raw in ("<!channel>", "<!here>", "<https://evil.example|click>", "<@U123>", "<b>"):
+        assert raw not in message
+    assert "&lt;!channel&gt; &lt;https://evil.example|click&gt; &amp; &lt;@U123&gt;" in message
+    assert notify.render_slack(digest)["text"].startswith("moecomm nightly-&lt;!here&gt;: 1 new alert(s)")
 
 
 class _Inbox:
@@ -93,7 +120,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_every_channel_receives_the_digest(smtp_server, http_sink, monkeypatch):
+def test_every_channel_receives_the_digest(smtp_server, http_sink, monkeypatch, shown):
     port, messages = smtp_server
     url, received = http_sink
     # Slack goes through the Airflow provider's notifier and an Airflow connection from the
@@ -102,8 +129,8 @@ def test_every_channel_receives_the_digest(smtp_server, http_sink, monkeypatch):
     env = {"MOECOMM_SLACK_CONN_ID": "moecomm_slack", "MOECOMM_ALERT_WEBHOOK_URL": url + "hook",
            "MOECOMM_SMTP_HOST": "127.0.0.1", "MOECOMM_SMTP_PORT": str(port),
            "MOECOMM_ALERT_EMAIL_FROM": "moecomm@example.org", "MOECOMM_ALERT_EMAIL_TO": "a@example.org, b@example.org"}
-    digest = notify.build_digest("nightly-2026-11-21", ALERTS)
-    assert notify.send_digest(digest, env) == {"slack": "sent", "email": "sent", "webhook": "sent"}
+    digest = notify.build_digest("nightly-2026-11-21", ALERTS, shown)
+    assert send_digest(digest, env) == {"slack": "sent", "email": "sent", "webhook": "sent"}
 
     (mail_from, rcpt, content), = messages
     message = email.message_from_bytes(content, policy=email.policy.default)
@@ -115,19 +142,16 @@ def test_every_channel_receives_the_digest(smtp_server, http_sink, monkeypatch):
     assert hook == notify.render_webhook(digest)
 
 
-def test_nothing_is_sent_when_there_is_nothing_new(smtp_server, http_sink):
-    port, messages = smtp_server
-    url, received = http_sink
-    env = {"MOECOMM_ALERT_WEBHOOK_URL": url, "MOECOMM_SMTP_HOST": "127.0.0.1", "MOECOMM_SMTP_PORT": str(port),
+def test_only_configured_channels_are_used():
+    assert notify.channels({}) == {}
+    assert set(notify.channels({"MOECOMM_SMTP_HOST": "127.0.0.1"})) == set()  # no recipients: no e-mail
+    assert set(notify.channels({"MOECOMM_ALERT_WEBHOOK_URL": "http://127.0.0.1:1/", "MOECOMM_SLACK_CONN_ID": "s",
+                                "MOECOMM_SMTP_HOST": "h", "MOECOMM_ALERT_EMAIL_TO": "a@b"})) == {
+        "slack", "email", "webhook"}
+
+
+def test_a_failing_channel_raises(shown):
+    env = {"MOECOMM_SMTP_HOST": "127.0.0.1", "MOECOMM_SMTP_PORT": str(_free_port()),
            "MOECOMM_ALERT_EMAIL_TO": "a@example.org"}
-    assert notify.send_digest(notify.build_digest("nightly-2026-11-22", []), env) == {}
-    assert messages == [] and received == []
-
-
-def test_a_failing_channel_does_not_stop_the_others(http_sink):
-    url, received = http_sink
-    env = {"MOECOMM_ALERT_WEBHOOK_URL": url, "MOECOMM_SMTP_HOST": "127.0.0.1",
-           "MOECOMM_SMTP_PORT": str(_free_port()), "MOECOMM_ALERT_EMAIL_TO": "a@example.org"}
-    outcome = notify.send_digest(notify.build_digest("nightly-2026-11-21", ALERTS), env)
-    assert outcome["webhook"] == "sent" and outcome["email"].startswith("failed: ConnectionRefusedError")
-    assert len(received) == 1
+    with pytest.raises(ConnectionRefusedError):
+        notify.channels(env)["email"](notify.build_digest("nightly-2026-11-21", ALERTS, shown))

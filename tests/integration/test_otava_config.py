@@ -24,6 +24,7 @@ def test_one_test_per_series_and_every_query_runs(engine, weeks_of_nights, tmp_p
     assert template["type"] == "postgres" and template["metrics"]["slowest_rank_us"]["direction"] == -1
     # 2 profiles x 2 backends x 3 sizes x 2 ops, all EP 2.
     assert len(config["tests"]) == 24
+    assert config["test_groups"] == {"moecomm": list(config["tests"])}  # `otava analyze ... moecomm`: all of them
     with engine.connect() as conn:
         for name, test in config["tests"].items():
             assert test["inherit"] == ["moecomm_series"]

@@ -146,3 +146,58 @@ def test_two_loads_of_different_runs_at_once(database_url, engine, data_dir):
         per_run = dict(conn.execute(sa.text(
             "SELECT run_id, count(*) FROM measurement_flat GROUP BY run_id")).all())
     assert per_run == {"run-a": 12, "run-b": 4, "run-c": 16}
+
+
+def test_concurrent_replaces_of_one_job_all_succeed(database_url, engine, data_dir, tmp_path):
+    """Three reloads of changed content under one run id, started together while the job's row is
+    locked, so that all three race for it when it is released: each succeeds (the losers of the
+    race run again), and the job holds exactly one of the three contents, whole."""
+    import re
+    import time
+
+    import psycopg2
+    from sqlalchemy.engine import make_url
+
+    text = (data_dir / "seed_stdout_2ranks.txt").read_text()
+    variants = []
+    for factor in (2, 3, 4):
+        path = tmp_path / f"x{factor}.txt"
+        path.write_text(re.sub(r'("rank\d": )([\d.]+)', lambda m: f"{m[1]}{float(m[2]) * factor}", text))
+        variants.append(path)
+    env = dict(os.environ, MOECOMM_DATABASE_URL=database_url)
+    first = subprocess.run([sys.executable, "-m", "moecomm_tasks.cli", "load", str(data_dir / "seed_stdout_2ranks.txt"),
+                            "--run-id", "n1"], env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    holder = psycopg2.connect(make_url(database_url).render_as_string(hide_password=False)
+                              .replace("postgresql+psycopg2", "postgresql"))
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT job_pk FROM job FOR UPDATE")
+        procs = [subprocess.Popen([sys.executable, "-m", "moecomm_tasks.cli", "load", str(path), "--run-id", "n1"],
+                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for path in variants]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                waiting = conn.execute(sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'moecomm' AND wait_event_type = 'Lock'")).scalar()
+            if waiting == 3:
+                break
+            time.sleep(0.1)
+        assert waiting == 3, "the three loads did not all reach the job's lock"
+    finally:
+        holder.rollback()
+        holder.close()
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outputs
+    assert all("replaced: run n1 job" in out or "loaded: run n1 job" in out for out, _err in outputs), outputs
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM job")).scalar() == 1
+        rows = conn.execute(sa.text(
+            "SELECT backend, local_batch_size, op, rank, mean_us FROM measurement_flat ORDER BY 1, 2, 3, 4")).all()
+    seed = {(t.backend, t.local_batch_size, t.op, t.rank): t.stats.mean_us
+            for t in parse_paths([data_dir / "seed_stdout_2ranks.txt"]).jobs[0].timings}
+    assert len(rows) == len(seed) == 12
+    factors = {round(r.mean_us / seed[(r.backend, r.local_batch_size, r.op, r.rank)], 6) for r in rows}
+    assert len(factors) == 1 and factors <= {2.0, 3.0, 4.0}, factors
