@@ -2,7 +2,7 @@
 
 Same flags, defaults and error messages as `bench_moe_comm.py` (seed version), plus flags of our
 own for the reference backends: `--device`, `--cuda_graph` (and `--no_cuda_graph`, the default),
-`--copy_baseline`, `--extra_combine_passes`.
+`--copy_baseline`, `--a2a_baseline`, `--extra_combine_passes`.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import argparse
 from dataclasses import dataclass
 
 TRTLLM_BACKENDS = ("ALLGATHER", "NVLINK_ONE_SIDED", "NVLINK_TWO_SIDED", "DEEPEP", "DEEPEPLOWLATENCY", "NCCL_EP")
-REFERENCE_BACKENDS = ("TORCH_ALLTOALL", "TORCH_ALLGATHER")
+# --- reference backends (refbackends branch: TORCH_ALLTOALL_PER_EXPERT, TORCH_SYMM_MEM added) ---
+REFERENCE_BACKENDS = ("TORCH_ALLTOALL", "TORCH_ALLTOALL_PER_EXPERT", "TORCH_ALLGATHER", "TORCH_SYMM_MEM")
 ALL_BACKENDS = TRTLLM_BACKENDS + REFERENCE_BACKENDS
 
 # TensorRT-LLM's QuantAlgo names, used when tensorrt_llm is not installed to check --quant.
@@ -85,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="launch each phase eagerly, the GPU kept ahead of the host (the default)")
     parser.add_argument("--copy_baseline", action="store_true",
                         help="also time a device-to-device copy of each dispatch payload")
+    # --- refbackends branch: the all-to-all baseline ---
+    parser.add_argument("--a2a_baseline", action="store_true",
+                        help="also time NCCL's (gloo's on CPUs) all_to_all_single of each dispatch's payload "
+                             "bytes in equal splits (a2a_us)")
     parser.add_argument("--extra_combine_passes", type=int, default=0,
                         help="reference backends only: N extra read-modify-write passes over the combine "
                              "output (real work; used to show that a slowdown is caught)")

@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 from moecomm_tasks.bench import ranks as ranks_mod
 from moecomm_tasks.bench.args import TRTLLM_BACKENDS, ALL_BACKENDS, Shape, build_parser, resolve
-from moecomm_tasks.bench.reference import REFERENCE
+from moecomm_tasks.bench.baselines import time_all_to_all  # refbackends: --a2a_baseline
+from moecomm_tasks.bench.reference import REFERENCE, BackendUnavailable
 from moecomm_tasks.bench.timing import PhaseTimes, stats, time_copy, time_phases
 from moecomm_tasks.bench.trtllm import TrtllmBackend, load_api
 from moecomm_tasks.bench.workload import check_round_trip, make_routing
@@ -69,8 +70,14 @@ class Worker:
         shape = self.shape
         backend, problem = None, None
         if name in REFERENCE:
-            backend = REFERENCE[name](self.ranks.rank, self.ranks.world_size, shape.num_experts // self.ranks.world_size,
-                                      self.args.extra_combine_passes)
+            # refbackends: sizes for backends with fixed workspaces; a backend that cannot run here says why.
+            try:
+                backend = REFERENCE[name](
+                    self.ranks.rank, self.ranks.world_size, shape.num_experts // self.ranks.world_size,
+                    self.args.extra_combine_passes, max_num_tokens_per_rank=shape.max_num_tokens_per_rank,
+                    hidden_size=shape.hidden_size, top_k=shape.top_k)
+            except BackendUnavailable as exc:
+                problem = str(exc)
         elif api is None:
             problem = unavailable
         else:
@@ -147,6 +154,9 @@ class Worker:
             output["kernel_span_us"] = {phase: self.per_rank(times.kernel_span_us[phase]) for phase in ("dispatch", "combine")}
         if self.args.copy_baseline and self.ranks.device.type == "cuda":
             output["copy_us"] = self.per_rank(time_copy(output["payload_bytes"], self.ranks.device, self.args.iters))
+        if self.args.a2a_baseline:  # refbackends: a collective, so every rank passes every rank's bytes
+            output["a2a_us"] = self.per_rank(time_all_to_all(
+                self.ranks.allgather(output["payload_bytes"]), self.ranks.rank, self.ranks.device, self.args.iters))
         self.emit(output)
         self.results.append(output)
         self.ranks.barrier()
