@@ -92,22 +92,25 @@ class TorchSymmMem(ReferenceBackend):
                  top_k: int | None = None) -> None:
         super().__init__(rank, ep_size, experts_per_rank, extra_combine_passes,
                          max_num_tokens_per_rank=max_num_tokens_per_rank, hidden_size=hidden_size, top_k=top_k)
-        backend = dist.get_backend() if dist.is_initialized() else None
-        if backend != "nccl":
-            raise BackendUnavailable(f"needs CUDA GPUs with NVSHMEM; this run uses {backend or 'no process group'} "
-                                     "(CPUs).")
         if ep_size > MAX_RANKS:
             raise BackendUnavailable(f"torch's all_to_all_vdev_2d_offset handles at most {MAX_RANKS} ranks, not {ep_size}.")
         if None in (max_num_tokens_per_rank, hidden_size, top_k):
             raise BackendUnavailable("needs max_num_tokens_per_rank, hidden_size and top_k to size its buffers.")
-        self.symm = open_symm_mem()
+        self.symm, self.ops, self.device = self._connect()
         self.group_name = dist.group.WORLD.group_name
-        self.device = torch.device("cuda", torch.cuda.current_device())
         self.slots = slots_per_rank(experts_per_rank)
         self.experts_per_slot = experts_per_rank // self.slots
         self.fmt = RowFormat(hidden_size, 1)
         self._allocate(max_num_tokens_per_rank * top_k)
         self._probe()
+
+    def _connect(self) -> tuple[Any, Any, torch.device]:
+        """(symmetric memory module, its ops, this rank's GPU); BackendUnavailable when there are none."""
+        backend = dist.get_backend() if dist.is_initialized() else None
+        if backend != "nccl":
+            raise BackendUnavailable(f"needs CUDA GPUs with NVSHMEM; this run uses {backend or 'no process group'} "
+                                     "(CPUs).")
+        return open_symm_mem(), torch.ops.symm_mem, torch.device("cuda", torch.cuda.current_device())
 
     def _allocate(self, max_rows_sent: int) -> None:
         nsplits = self.ep_size * self.slots
@@ -134,12 +137,12 @@ class TorchSymmMem(ReferenceBackend):
             raise BackendUnavailable(f"symmetric memory allocation failed: {type(exc).__name__}: {exc}") from exc
 
     def _exchange(self) -> None:
-        torch.ops.symm_mem.all_to_all_vdev_2d(self.dispatch_in, self.dispatch_out, self.in_splits,
-                                              self.dispatch_splits, self.group_name, major_align=MAJOR_ALIGN)
+        self.ops.all_to_all_vdev_2d(self.dispatch_in, self.dispatch_out, self.in_splits,
+                                    self.dispatch_splits, self.group_name, major_align=MAJOR_ALIGN)
 
     def _return(self) -> None:
-        torch.ops.symm_mem.all_to_all_vdev_2d_offset(self.combine_in, self.combine_out, self.dispatch_splits,
-                                                     self.combine_splits, self.group_name)
+        self.ops.all_to_all_vdev_2d_offset(self.combine_in, self.combine_out, self.dispatch_splits,
+                                           self.combine_splits, self.group_name)
 
     def _probe(self) -> None:
         """Both kernels once with nothing to send: an API this code does not match is a skip, not a crash."""
@@ -147,7 +150,8 @@ class TorchSymmMem(ReferenceBackend):
         try:
             self._exchange()
             self._return()
-            torch.cuda.synchronize(self.device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
         except Exception as exc:
             raise BackendUnavailable(f"symm_mem kernels refused the call: {type(exc).__name__}: {exc}") from exc
 

@@ -2,15 +2,18 @@
 
 Every rank builds its own routing; the ranks then compare what each received against what the
 others meant to send it (the exact rows, expert ids and router weights, each token once per rank
-for TORCH_ALLTOALL, once per expert for TORCH_ALLTOALL_PER_EXPERT), run the round-trip check,
-and time the all-to-all baseline with uneven bytes per rank. Cases include uneven token counts,
-odd hidden sizes and a rank that receives nothing. Rank 0 prints one line per problem and exits 1
-if any rank found one. Used by tests/integration/test_bench_mpirun.py.
+for TORCH_ALLTOALL, once per expert for TORCH_ALLTOALL_PER_EXPERT and TORCH_SYMM_MEM), run the
+round-trip check, and time the all-to-all baseline with uneven bytes per rank. Cases include
+uneven token counts, odd hidden sizes and a rank that receives nothing. TORCH_SYMM_MEM runs on
+the gloo test double of PyTorch's NVSHMEM kernels (tests/fakes/symm_mem_ops.py: no GPU here).
+Rank 0 prints one line per problem and exits 1 if any rank found one. Used by
+tests/integration/test_bench_mpirun.py.
 """
 
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import torch
 
@@ -19,7 +22,11 @@ from moecomm_tasks.bench.baselines import time_all_to_all
 from moecomm_tasks.bench.reference import REFERENCE
 from moecomm_tasks.bench.workload import Routing, check_round_trip, make_routing
 
-ALL_TO_ALL = ("TORCH_ALLTOALL", "TORCH_ALLTOALL_PER_EXPERT")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fakes"))
+from symm_mem_ops import TorchSymmMemOnGloo  # noqa: E402  (the test double, see the docstring)
+
+ALL_TO_ALL = ("TORCH_ALLTOALL", "TORCH_ALLTOALL_PER_EXPERT", "TORCH_SYMM_MEM")
+PER_EXPERT = ("TORCH_ALLTOALL_PER_EXPERT", "TORCH_SYMM_MEM")
 
 
 def routings(rank: int, world: int) -> dict[str, tuple[Routing, int]]:
@@ -31,7 +38,7 @@ def routings(rank: int, world: int) -> dict[str, tuple[Routing, int]]:
                                   everything_to_rank0.topk_weights)
     return {
         "random": (make_routing(37, 40, 4, 4 * world, cpu, gen), 4 * world),
-        "odd hidden": (make_routing(12, 33, 3, 2 * world, cpu, gen), 2 * world),
+        "odd hidden": (make_routing(12, 33, 3, 4 * world, cpu, gen), 4 * world),
         "uneven tokens": (make_routing(5 + 18 * rank, 24, 2, 2 * world, cpu, gen), 2 * world),
         "one rank receives everything": (everything_to_rank0, 4 * world),
     }
@@ -48,15 +55,33 @@ def expected_rows(name: str, all_routings: list[Routing], rank: int, experts_per
             if name == "TORCH_ALLTOALL" and here:
                 rows.append((payload, tuple(ids[k] if k in here else -1 for k in range(len(ids))),
                              tuple(weights[k] if k in here else 0.0 for k in range(len(ids)))))
-            elif name == "TORCH_ALLTOALL_PER_EXPERT":
+            elif name in PER_EXPERT:
                 rows += [(payload, (ids[k],), (weights[k],)) for k in here]
     return sorted(rows)
 
 
 def received_rows(backend, received: torch.Tensor) -> list[tuple]:
-    ids, weights = backend.fmt.ids(backend.recv), backend.fmt.weights(backend.recv)
+    rows = backend.dispatch_out[: backend.rows_received] if hasattr(backend, "valid") else backend.recv
+    keep = backend.valid if hasattr(backend, "valid") else torch.ones(rows.shape[0], dtype=torch.bool)
+    ids, weights = backend.fmt.ids(rows)[keep], backend.fmt.weights(rows)[keep]
+    received = received[keep]
     return sorted((tuple(received[i].float().tolist()), tuple(ids[i].tolist()), tuple(weights[i].tolist()))
                   for i in range(received.shape[0]))
+
+
+def slot_major(backend) -> bool:
+    """TORCH_SYMM_MEM's received rows come slot by slot (expert-major), as torchtitan's experts expect."""
+    ids = backend.fmt.ids(backend.dispatch_out[: backend.rows_received])[backend.valid][:, 0].long()
+    slots = (ids % backend.experts_per_rank) // backend.experts_per_slot
+    return bool((slots[1:] >= slots[:-1]).all())
+
+
+def build(name: str, rank: int, world: int, experts: int, all_routings: list[Routing]):
+    if name != "TORCH_SYMM_MEM":
+        return REFERENCE[name](rank, world, experts // world)
+    work = all_routings[rank]
+    return TorchSymmMemOnGloo(rank, world, experts // world, max_num_tokens_per_rank=max(
+        w.topk_ids.shape[0] for w in all_routings), hidden_size=work.hidden.shape[1], top_k=work.topk_ids.shape[1])
 
 
 def main() -> int:
@@ -67,10 +92,10 @@ def main() -> int:
     for case, (work, experts) in routings(rank, world).items():
         all_routings = comm.allgather(work)
         sizes = {w.topk_ids.shape[0] for w in all_routings}
-        for name in ("TORCH_ALLTOALL", "TORCH_ALLTOALL_PER_EXPERT", "TORCH_ALLGATHER"):
+        for name in (*ALL_TO_ALL, "TORCH_ALLGATHER"):
             if name == "TORCH_ALLGATHER" and len(sizes) > 1:
                 continue  # it needs the same token count on every rank
-            backend = REFERENCE[name](rank, world, experts // world)
+            backend = build(name, rank, world, experts, all_routings)
             backend.prepare(work)
             failure = check_round_trip(backend, work)
             if failure:
@@ -79,6 +104,8 @@ def main() -> int:
                 got = received_rows(backend, backend.dispatch())
                 if got != expected_rows(name, all_routings, rank, experts // world):
                     problems.append(f"rank {rank} {name} {case}: received {len(got)} rows, not the rows routed here")
+            if name == "TORCH_SYMM_MEM" and not slot_major(backend):
+                problems.append(f"rank {rank} {name} {case}: received rows are not in slot order")
             checks += 1
     bytes_per_rank = [1000 + 2333 * r for r in range(world)]
     times = time_all_to_all(bytes_per_rank, rank, torch.device("cpu"), iters=4)
