@@ -12,7 +12,8 @@ Limits of the kernels (torch 2.11, `nvshmem_extension.cu`): the dispatch handles
 "experts" per rank (`ne <= NUM_TILES`) and the combine at most 16 ranks. The 2D shuffle's expert
 dimension is therefore a *slot*: a group of experts_per_rank / ne consecutive local experts, ne
 the largest divisor of experts_per_rank not above 16 (16 for every profile at EP 1 to 16). Rows
-stay sorted by expert inside a slot; the bytes moved and the kernels are those of one-expert slots.
+stay sorted by expert inside a slot, and the bytes moved are those of one slot per expert; only
+the kernels' parallelism (a thread block per slot and source rank, at most 64) follows the slots.
 
 Symmetric buffers must have the same shape on every rank, so they are sized once, for the worst
 case of `max_num_tokens_per_rank` (every rank's rows to one rank), like TensorRT-LLM's workspaces.
@@ -71,12 +72,13 @@ def open_symm_mem() -> Any:
         if not hasattr(torch.ops.symm_mem, op):
             raise BackendUnavailable(f"torch {torch.__version__} has no torch.ops.symm_mem.{op}.")
     os.environ.update(MULTICAST_OFF)
-    os.environ.setdefault("TORCH_SYMMMEM", "NVSHMEM")  # how torch before set_backend() chose it
     if hasattr(symm_mem, "set_backend"):
         try:
             symm_mem.set_backend("NVSHMEM")
         except Exception as exc:
             raise BackendUnavailable(f"symm_mem.set_backend('NVSHMEM') failed: {type(exc).__name__}: {exc}") from exc
+    else:
+        os.environ.setdefault("TORCH_SYMMMEM", "NVSHMEM")  # how torch chose it before set_backend()
     group_name = dist.group.WORLD.group_name
     enable = getattr(symm_mem, "enable_symm_mem_for_group", None)
     if enable is not None and not getattr(enable, "__deprecated__", None):
@@ -93,7 +95,8 @@ class TorchSymmMem(ReferenceBackend):
         super().__init__(rank, ep_size, experts_per_rank, extra_combine_passes,
                          max_num_tokens_per_rank=max_num_tokens_per_rank, hidden_size=hidden_size, top_k=top_k)
         if ep_size > MAX_RANKS:
-            raise BackendUnavailable(f"torch's all_to_all_vdev_2d_offset handles at most {MAX_RANKS} ranks, not {ep_size}.")
+            raise BackendUnavailable(f"torch's all_to_all_vdev_2d_offset handles at most {MAX_RANKS} ranks, "
+                                     f"not {ep_size}.")
         if None in (max_num_tokens_per_rank, hidden_size, top_k):
             raise BackendUnavailable("needs max_num_tokens_per_rank, hidden_size and top_k to size its buffers.")
         self.symm, self.ops, self.device = self._connect()
@@ -174,7 +177,8 @@ class TorchSymmMem(ReferenceBackend):
         per_slot = received.view(self.ep_size, self.slots).sum(dim=0)
         padded = torch.clamp((per_slot + MAJOR_ALIGN - 1) // MAJOR_ALIGN * MAJOR_ALIGN, min=MAJOR_ALIGN)
         slot_of_row = torch.repeat_interleave(torch.arange(self.slots, device=self.device), padded)
-        row_in_slot = torch.arange(slot_of_row.numel(), device=self.device) - (torch.cumsum(padded, 0) - padded)[slot_of_row]
+        slot_start = torch.cumsum(padded, 0) - padded
+        row_in_slot = torch.arange(slot_of_row.numel(), device=self.device) - slot_start[slot_of_row]
         self.valid = row_in_slot < per_slot[slot_of_row]
         self.rows_received = self.valid.numel()
         self.bags = TokenBags.of(plan.token, tokens)

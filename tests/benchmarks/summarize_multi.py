@@ -72,7 +72,8 @@ def targets(runs, gathers) -> list[str]:
         big = point(runs, ep, TARGET_PROFILE, TARGET_BACKEND, 4096) or {}
         small = point(runs, ep, TARGET_PROFILE, TARGET_BACKEND, 128) or {}
         dispatch, combine = slowest(big.get("dispatch_us")), slowest(big.get("combine_us"))
-        row(ep, f"{TARGET_BACKEND} {TARGET_PROFILE} 4096 tokens: dispatch / a2a_baseline", ratio(dispatch, slowest(big.get("a2a_us"))), 1.25, True)
+        row(ep, f"{TARGET_BACKEND} {TARGET_PROFILE} 4096 tokens: dispatch / a2a_baseline",
+            ratio(dispatch, slowest(big.get("a2a_us"))), 1.25, True)
         if ep == 2:
             row(ep, f"{TARGET_BACKEND} {TARGET_PROFILE} 4096 tokens: dispatch µs", dispatch, 300.0, True, "{:.1f}")
             row(ep, f"{TARGET_BACKEND} {TARGET_PROFILE} 4096 tokens: combine / dispatch", ratio(combine, dispatch), 1.5, True)
