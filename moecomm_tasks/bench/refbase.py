@@ -140,8 +140,8 @@ class RowFormat:
     def gather(self, hidden: torch.Tensor, index: torch.Tensor, rows: torch.Tensor) -> None:
         """rows[i].payload = hidden[index[i]], moved in the widest words the hidden size allows."""
         word = _widest_word(self.hidden)
-        per_word = torch.empty((), dtype=word).element_size() // 2
-        torch.index_select(hidden.view(word), 0, index, out=rows.view(word)[:, : self.hidden // per_word])
+        columns = self.hidden * 2 // word.itemsize
+        torch.index_select(hidden.view(word), 0, index, out=rows.view(word)[:, :columns])
 
     def _meta(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.view(torch.int32)[:, self.meta_column // 2:]

@@ -128,8 +128,7 @@ class TorchSymmMem(ReferenceBackend):
             "dispatch_splits": ((2, nsplits), torch.int64),
             "combine_splits": ((2, nsplits), torch.int64),
         }
-        need = sum(torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-                   for shape, dtype in shapes.values())
+        need = sum(torch.Size(shape).numel() * dtype.itemsize for shape, dtype in shapes.values())
         os.environ.setdefault("NVSHMEM_SYMMETRIC_SIZE", str(int(need * HEAP_HEADROOM) + HEAP_EXTRA_BYTES))
         try:
             for name, (shape, dtype) in shapes.items():

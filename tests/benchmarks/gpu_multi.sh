@@ -8,11 +8,11 @@
 # (the profile of the targets); then, per EP size, NCCL's all_gather of TORCH_ALLGATHER's bytes.
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0, NVSHMEM_DISABLE_NVLS=1,
 # TORCH_SYMM_MEM_DISABLE_MULTICAST=1); every rank sees every GPU (no per-rank CUDA_VISIBLE_DEVICES).
-# Environment: ITERS (timed iterations, default 100), WARMUP (default 10), DEADLINE_S (default 450:
-# a step that would start later is skipped, with a line in run.log), STEP_TIMEOUT_S (default 240),
+# Environment: ITERS (timed iterations, default 100), WARMUP (default 10), DEADLINE_S (default 400:
+# a step that would start later is skipped, with a line in run.log), STEP_TIMEOUT_S (default 150),
 # PROFILES and SWEEP (default "-b 128 -e 4096 -f 2") to run less, e.g. on CPUs to try the script.
 #
-# Writes under OUT, nothing else (at most 8 files):
+# Prints the step log and the targets at the end. Writes under OUT, nothing else (at most 8 files):
 #   env.txt         GPU model, driver, `nvidia-smi topo -m`, versions, the exact commands run
 #   run.log         each step's command, stderr and elapsed time
 #   stdout.txt      rank 0's stdout of every worker run: `moecomm load OUT/stdout.txt` loads it
@@ -25,7 +25,7 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-iters=${ITERS:-100} warmup=${WARMUP:-10} deadline=${DEADLINE_S:-450} step_timeout=${STEP_TIMEOUT_S:-240}
+iters=${ITERS:-100} warmup=${WARMUP:-10} deadline=${DEADLINE_S:-400} step_timeout=${STEP_TIMEOUT_S:-150}
 profiles=${PROFILES:-deepseek_v3 gpt_oss deepseek_v4_pro kimi_k3} sweep=${SWEEP:--b 128 -e 4096 -f 2}
 start=$SECONDS
 
@@ -117,3 +117,6 @@ gathers = [json.loads(p.read_text()) for p in sorted(work.glob("allgather-ep*.js
 EOF
 "$python" tests/benchmarks/summarize_multi.py "$out" >"$out/summary.md" 2>>"$out/run.log"
 log "done in $(( SECONDS - start ))s"
+grep -E "^\[gpu_multi" "$out/run.log" | tail -n 30
+grep -hE "Skipping TORCH|ERROR|Traceback" "$out/stdout.txt" "$out/run.log" 2>/dev/null | sort | uniq -c | head -n 20
+head -n 12 "$out/summary.md"
