@@ -4,7 +4,7 @@ Same flags, defaults and error messages as today's upstream `bench_moe_comm.py` 
 contract names: six profiles, `--random_seed`, `--perfect_router`, `--use_low_precision_combine`,
 `--no_payload_in_workspace`, CUDA-graph replay by default with `--no_cuda_graph`, `--pdl`), plus
 flags of our own: `--device`, `--cuda_graph` (the default, said explicitly), `--timing_method`,
-`--copy_baseline`, `--extra_combine_passes`, `--timeout_s`.
+`--copy_baseline`, `--a2a_baseline`, `--extra_combine_passes`, `--timeout_s`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import argparse
 from dataclasses import dataclass
 
 TRTLLM_BACKENDS = ("ALLGATHER", "NVLINK_ONE_SIDED", "NVLINK_TWO_SIDED", "DEEPEP", "DEEPEPLOWLATENCY", "NCCL_EP")
-REFERENCE_BACKENDS = ("TORCH_ALLTOALL", "TORCH_ALLGATHER")
+# Ours, on torch.distributed (and torch's NVSHMEM kernels for TORCH_SYMM_MEM).
+REFERENCE_BACKENDS = ("TORCH_ALLTOALL", "TORCH_ALLTOALL_PER_EXPERT", "TORCH_ALLGATHER", "TORCH_SYMM_MEM")
 ALL_BACKENDS = TRTLLM_BACKENDS + REFERENCE_BACKENDS
 
 # TensorRT-LLM's QuantAlgo names, used when tensorrt_llm is not installed to check --quant.
@@ -117,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "plain CUDA events, or CUDA events behind a spin kernel (ours)")
     parser.add_argument("--copy_baseline", action="store_true",
                         help="also time a device-to-device copy of each dispatch payload")
+    parser.add_argument("--a2a_baseline", action="store_true",
+                        help="also time NCCL's (gloo's on CPUs) all_to_all_single of each dispatch's payload "
+                             "bytes in equal splits (a2a_us)")
     parser.add_argument("--extra_combine_passes", type=int, default=0,
                         help="reference backends only: N extra read-modify-write passes over the combine "
                              "output (real work; used to show that a slowdown is caught)")

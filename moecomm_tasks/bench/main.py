@@ -24,7 +24,8 @@ import torch.distributed as dist
 from moecomm_tasks.bench import ranks as ranks_mod
 from moecomm_tasks.bench.args import ALL_BACKENDS, TRTLLM_BACKENDS, Shape, build_parser, resolve
 from moecomm_tasks.bench.kernel_spans import KernelTrace, SpanError
-from moecomm_tasks.bench.reference import REFERENCE
+from moecomm_tasks.bench.baselines import time_all_to_all
+from moecomm_tasks.bench.reference import REFERENCE, BackendUnavailable
 from moecomm_tasks.bench.timing import PhaseTimes, stats, time_copy, time_phases
 from moecomm_tasks.bench.trtllm import TrtllmBackend, load_api
 from moecomm_tasks.bench.workload import check_round_trip, make_routing, rank_generator
@@ -104,8 +105,14 @@ class Worker:
         shape, args = self.shape, self.args
         backend, problem = None, None
         if name in REFERENCE:
-            backend = REFERENCE[name](self.ranks.rank, self.ranks.world_size, shape.num_experts // self.ranks.world_size,
-                                      args.extra_combine_passes)
+            # Sizes for backends with fixed workspaces; a backend that cannot run here says why.
+            try:
+                backend = REFERENCE[name](
+                    self.ranks.rank, self.ranks.world_size, shape.num_experts // self.ranks.world_size,
+                    args.extra_combine_passes, max_num_tokens_per_rank=shape.max_num_tokens_per_rank,
+                    hidden_size=shape.hidden_size, top_k=shape.top_k)
+            except BackendUnavailable as exc:
+                problem = str(exc)
         elif api is None:
             problem = unavailable
         else:
@@ -229,6 +236,9 @@ class Worker:
                 output["timing_alternatives"] = alternatives
         if self.args.copy_baseline and self.ranks.device.type == "cuda":
             output["copy_us"] = self.per_rank(time_copy(output["payload_bytes"], self.ranks.device, self.args.iters))
+        if self.args.a2a_baseline:  # a collective: every rank passes every rank's bytes
+            output["a2a_us"] = self.per_rank(time_all_to_all(
+                self.ranks.allgather(output["payload_bytes"]), self.ranks.rank, self.ranks.device, self.args.iters))
         self.emit(output)
         self.results.append(output)
         self.ranks.barrier()

@@ -18,8 +18,10 @@ from moecomm_tasks.parse import parse_texts
 pytestmark = pytest.mark.integration
 
 FAKES = Path(__file__).parent.parent / "fakes"
+EP_CHECK = Path(__file__).parent / "ep_reference_check.py"
 SMALL = ["--hidden_size", "256", "-b", "16", "-e", "64", "-f", "2", "--iters", "8", "--warmup", "2"]
 TRTLLM = ("ALLGATHER", "NVLINK_ONE_SIDED", "NVLINK_TWO_SIDED", "DEEPEP", "DEEPEPLOWLATENCY", "NCCL_EP")
+ON_CPU = ("TORCH_ALLTOALL", "TORCH_ALLTOALL_PER_EXPERT", "TORCH_ALLGATHER")
 
 
 def bench(ranks: int, *args: str, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -30,7 +32,8 @@ def bench(ranks: int, *args: str, env: dict | None = None, timeout: float = 240)
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "report.json"
-    result = bench(2, "--ep_size", "2", *SMALL, "--iter_stats", "--kernel_breakdown", "--output_file", str(out))
+    result = bench(2, "--ep_size", "2", *SMALL, "--iter_stats", "--kernel_breakdown", "--a2a_baseline",
+                   "--output_file", str(out))
     return result, out
 
 
@@ -49,15 +52,36 @@ def test_two_ranks_print_the_contract(full_run):
                      "payload_in_workspace": True, "cupti_enabled": False, "warning": None}
     assert {k: header.extra[k] for k in upstream_keys} == upstream_keys
     keys = {(t.backend, t.local_batch_size, t.op, t.rank) for t in job.timings}
-    assert keys == {(b, s, op, r) for b in ("TORCH_ALLTOALL", "TORCH_ALLGATHER") for s in (16, 32, 64)
-                    for op in ("dispatch", "combine") for r in (0, 1)}
+    assert keys == {(b, s, op, r) for b in ON_CPU for s in (16, 32, 64) for op in ("dispatch", "combine") for r in (0, 1)}
     assert all(t.stats.median_us is not None and t.stats.min_us <= t.stats.mean_us <= t.stats.max_us for t in job.timings)
     assert {k.phase for k in job.kernels} == {"dispatch", "combine"}
     assert any("all_to_all" in k.kernel or "alltoall" in k.kernel for k in job.kernels)
     skips = {s.backend: s.reason for s in job.skips}
-    assert set(skips) == set(TRTLLM)
-    assert all("tensorrt_llm is not available" in reason for reason in skips.values())
+    assert set(skips) == set(TRTLLM) | {"TORCH_SYMM_MEM"}
+    assert all("tensorrt_llm is not available" in skips[name] for name in TRTLLM)
+    assert skips["TORCH_SYMM_MEM"] == "needs CUDA GPUs with NVSHMEM; this run uses gloo (CPUs)."
     assert parsed.reports_written == (str(report),)
+
+
+def test_a2a_baseline_is_timed_per_size_and_rank(full_run):
+    result, report = full_run
+    results = json.loads(report.read_text())["results"]
+    assert {(r["backend"], r["local_batch_size"]) for r in results} == {(b, s) for b in ON_CPU for s in (16, 32, 64)}
+    for r in results:
+        assert set(r["a2a_us"]) == {"rank0", "rank1"}
+        assert all(0 < v["min"] <= v["mean"] <= v["max"] for v in r["a2a_us"].values())
+    by_key = {(r["backend"], r["local_batch_size"]): r["payload_bytes"] for r in results}
+    # DeepEP's layout sends a token once per rank; the per-expert one once per expert (top-k 8).
+    assert all(by_key["TORCH_ALLTOALL_PER_EXPERT", s] > 2 * by_key["TORCH_ALLTOALL", s] for s in (16, 32, 64))
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 3])
+def test_reference_layouts_across_real_ranks(ranks):
+    """Each rank receives exactly the rows routed to it, whatever the token counts (ep_reference_check.py)."""
+    argv = mpirun_argv(ranks, [sys.executable, str(EP_CHECK)])
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=180, env=mpirun_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"checks passed on {ranks} ranks" in result.stdout
 
 
 def test_output_file_matches_stdout(full_run):
@@ -76,8 +100,8 @@ def test_output_loads_with_moecomm_load(full_run, database_url, engine, monkeypa
     monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)
     assert cli_main(["load", str(stdout), str(report), "--run-id", "cpu-ep2"]) == 0
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM measurement_flat WHERE run_id = 'cpu-ep2'")).scalar() == 24
-        assert conn.execute(sa.text("SELECT count(*) FROM skip")).scalar() == 6
+        assert conn.execute(sa.text("SELECT count(*) FROM measurement_flat WHERE run_id = 'cpu-ep2'")).scalar() == 36
+        assert conn.execute(sa.text("SELECT count(*) FROM skip")).scalar() == 7
         torch_version = conn.execute(sa.text("SELECT torch_version FROM provenance")).scalar()
     assert torch_version
 
