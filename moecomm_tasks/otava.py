@@ -33,8 +33,10 @@ WHERE NOT n.excluded AND {where}
 ORDER BY n.run_at"""
 
 
-def test_name(backend: str, profile: str, ep_size: int, quant: str, size: int, op: str) -> str:
-    name = f"{backend}.{profile}.ep{ep_size}.{quant or 'default'}.{size}.{op}"
+def test_name(backend: str, profile: str, ep_size: int, quant: str, size: int, op: str, *knobs: object) -> str:
+    """The test's name: the series key; knobs after the op, each flag by name where on."""
+    flags = [name for name, on in zip(("graph", "pdl", "pr", "piw", "lpc"), knobs[:5]) if on]
+    name = ".".join([f"{backend}.{profile}.ep{ep_size}.{quant or 'default'}.{size}.{op}", *map(str, knobs[5:]), *flags])
     return safe_name(name)
 
 
@@ -42,8 +44,9 @@ def config(engine: Engine) -> dict:
     """The Otava configuration (as a dict) for every series in the database."""
     with engine.connect() as conn:
         series = conn.execute(sa.text("""
-            SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op
-            FROM nightly_series ORDER BY 1, 2, 3, 4, 5, 6""")).all()
+            SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
+                   cuda_graph, pdl, perfect_router, payload_in_workspace, low_precision_combine, timing_method
+            FROM nightly_series ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12""")).all()
     tests = {}
     for s in series:
         where = series_where_literal(dict(s._mapping), alias="n.", gpu_model="%{BRANCH}")
