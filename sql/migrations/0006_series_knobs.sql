@@ -65,7 +65,9 @@ LEFT JOIN provenance p USING (job_pk)
 WHERE m.job_pk = j.job_pk;
 
 -- Upstream prints 0.0 for a rank without times: a phase 0 on every rank was never stored; a
--- rank's 0 becomes the absent rank it was.
+-- rank's 0 becomes the absent rank it was (a null element, which the constraint restated below
+-- allows).
+ALTER TABLE measurement DROP CONSTRAINT measurement_one_value_per_rank;
 DELETE FROM measurement WHERE 0 = ALL (mean_us);
 UPDATE measurement m SET mean_us = z.mean_us, median_us = z.median_us, stdev_us = z.stdev_us,
                          min_us = z.min_us, max_us = z.max_us
@@ -99,7 +101,6 @@ ALTER TABLE measurement
     ALTER COLUMN timing_method SET NOT NULL,
     ADD CONSTRAINT measurement_timing_method_known CHECK (
         timing_method IN ('kernel_span', 'cuda_events', 'cuda_events_spin', 'profiler', 'host_clock')),
-    DROP CONSTRAINT measurement_one_value_per_rank,
     -- A null element is a rank that was not measured; at least one rank is.
     ADD CONSTRAINT measurement_one_value_per_rank CHECK (
         array_ndims(mean_us) = 1 AND array_lower(mean_us, 1) = 1
