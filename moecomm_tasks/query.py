@@ -114,7 +114,7 @@ def knob_label(row: object) -> str:
     on = [short for short, name in (("graph", "cuda_graph"), ("pdl", "pdl"), ("pr", "perfect_router"),
                                     ("piw", "payload_in_workspace"), ("lpc", "low_precision_combine"))
           if getattr(row, name)]
-    return " ".join([getattr(row, "timing_method"), *on])
+    return " ".join([row.timing_method, *on])
 
 
 def trend_table(engine: Engine, series: SeriesFilter, last: int = 10) -> tuple[list[str], list[tuple]]:

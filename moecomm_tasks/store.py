@@ -148,13 +148,10 @@ def _measurement_rows(timings: Iterable[Timing], provenance: Mapping[str, Any]) 
             raise LoadError(f"{backend} @ {size} {op}: local_batch_size beyond 1..{limits.MAX_LOCAL_BATCH_SIZE}")
         stats = [t.stats for t in ranks]
         knob = knobs.complete(ranks[0].knobs, provenance)
-
-        def column(name: str) -> bytes:
-            return _binary_array([None if s is None else getattr(s, name) for s in stats])
-
+        columns = [_binary_array([None if s is None else getattr(s, name) for s in stats])
+                   for name in ("mean_us", "median_us", "stdev_us", "min_us", "max_us")]
         rows.append(
-            _binary_text(backend) + struct.pack(">ii", 4, size) + _binary_text(op)
-            + column("mean_us") + column("median_us") + column("stdev_us") + column("min_us") + column("max_us")
+            _binary_text(backend) + struct.pack(">ii", 4, size) + _binary_text(op) + b"".join(columns)
             + _binary_text(ranks[0].payload_dtype)
             + b"".join(_binary_bool(getattr(knob, f)) for f in knobs.FLAGS) + _binary_text(knob.timing_method)
             + _binary_text_array(ranks[0].unhonoured)
