@@ -27,11 +27,13 @@ STATES = ("open", "acknowledged", "resolved", "muted")
 def _history(conn: sa.Connection) -> dict[tuple, list[sa.Row]]:
     rows = conn.execute(sa.text("""
         SELECT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
-               COALESCE(gpu_model, '') AS gpu_model, run_id, run_at,
+               COALESCE(gpu_model, '') AS gpu_model, cuda_graph, pdl, perfect_router, payload_in_workspace,
+               low_precision_combine, timing_method, run_id, run_at,
                COALESCE(slowest_rank_median_us, slowest_rank_us) AS night_us, slowest_rank,
                slowest_rank_median_us, slowest_rank_min_us, median_min_log_ratio, job_key
         FROM nightly_series WHERE NOT excluded
-        ORDER BY backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, run_at, run_id
+        ORDER BY backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, cuda_graph, pdl,
+                 perfect_router, payload_in_workspace, low_precision_combine, timing_method, run_at, run_id
     """)).all()
     series: dict[tuple, list[sa.Row]] = defaultdict(list)
     for row in rows:
@@ -72,9 +74,13 @@ def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequenc
                 diff = {f: [before.get(f), after.get(f)] for f in PROVENANCE_FIELDS if before.get(f) != after.get(f)}
                 row = conn.execute(sa.text("""
                     INSERT INTO alert (backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model,
+                                       cuda_graph, pdl, perfect_router, payload_in_workspace,
+                                       low_precision_combine, timing_method,
                                        direction, change_pct, confidence, baseline_us, after_us,
                                        last_good_run_id, first_bad_run_id, detected_run_id, provenance_diff)
                     VALUES (:backend, :profile, :ep_size, :quant_algo, :local_batch_size, :op, :gpu_model,
+                            :cuda_graph, :pdl, :perfect_router, :payload_in_workspace,
+                            :low_precision_combine, :timing_method,
                             :direction, :change_pct, :confidence, :baseline, :after, :good, :bad, :detected,
                             CAST(:diff AS jsonb))
                     ON CONFLICT ON CONSTRAINT alert_change_key DO NOTHING

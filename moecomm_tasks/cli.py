@@ -1,13 +1,15 @@
 """The `moecomm` command line.
 
 Exit codes: 0 success; 1 `load` kept part of its input and dropped the rest (printed with the
-reasons); 2 `load` found nothing loadable and wrote nothing; 3 any other error, a database that
-is unreachable, dies or stops answering included: one line that says what failed (and what to do).
+reasons); 2 `load` found nothing loadable and wrote nothing (argparse's usage errors exit 2 too);
+3 any other error, a database that is unreachable, dies or stops answering included: one line
+that says what failed (and what to do).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -19,11 +21,11 @@ import psycopg2
 import sqlalchemy as sa
 from rich import box
 from rich.console import Console
-from rich.progress import track
 from rich.table import Table
 
-from moecomm_tasks import query
+from moecomm_tasks import limits, query
 from moecomm_tasks.errors import MoecommError
+from moecomm_tasks.knobs import TIMING_METHODS
 
 EXIT_OK, EXIT_PARTIAL, EXIT_NOTHING, EXIT_ERROR = 0, 1, 2, 3
 
@@ -93,14 +95,28 @@ def load_paths(paths: Sequence[Path], run_id: str, run_at: datetime | None, prog
     """Parse and load `paths` under `run_id`; print what happened; return the exit code."""
     from moecomm_tasks import parse, store
 
+    try:
+        limits.run_id(run_id)
+    except limits.Invalid as exc:
+        raise MoecommError(str(exc)) from None
+    folders = [str(p) for p in paths if p.is_dir()]
+    if folders:
+        raise MoecommError(f"{', '.join(folders)}: a folder, not a file: give the files in it "
+                           "(e.g. the job's stdout, stderr and output file)")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise MoecommError(f"no such file: {', '.join(missing)}")
-    files = track(paths, description="reading", console=err_console) if progress else paths
-    inputs = [(str(p), p.read_text(encoding="utf-8", errors="replace")) for p in files]
-    parsed = parse.parse_texts(inputs)
+    try:
+        with err_console.status(f"reading {len(paths)} file(s)") if progress else contextlib.nullcontext():
+            parsed = parse.parse_paths(paths)
+    except OSError as exc:
+        raise MoecommError(f"cannot read {exc.filename}: {exc.strerror}") from None
     for dropped in parsed.dropped:
         err_console.print(f"dropped: {dropped.source}:{dropped.line}: {dropped.reason}", markup=False)
+    for key, count in parsed.omitted.items():
+        err_console.print(f"dropped: {count} more item(s){'' if key is None else ' of job ' + key} not listed "
+                          f"(at most {limits.MAX_DROPPED_PER_JOB} are listed and kept per job; the count is "
+                          "stored with the job)", markup=False)
     for failure in parsed.failures:
         last = failure.traceback.strip().splitlines()[-1] if failure.traceback.strip() else ""
         err_console.print(f"worker failure: {failure.source}: rank {failure.rank}: {last}", markup=False)
@@ -112,7 +128,7 @@ def load_paths(paths: Sequence[Path], run_id: str, run_at: datetime | None, prog
     for job in result.jobs:
         console.print(f"{job.status}: run {run_id} job {job.job_key}: {job.measurements} measurements, "
                       f"{job.kernels} kernel timings, {job.skips} skips ({job.state})", markup=False)
-    return EXIT_PARTIAL if parsed.dropped or parsed.failures else EXIT_OK
+    return EXIT_PARTIAL if parsed.incomplete else EXIT_OK
 
 
 def cmd_load(args: argparse.Namespace) -> int:
@@ -121,8 +137,20 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    from moecomm_tasks import alerts
+    from moecomm_tasks import alerts, runs
 
+    if args.action == "delete":
+        if not args.run_id:
+            raise MoecommError("usage: moecomm runs delete RUN_ID --yes")
+        engine = _engine()
+        contents = runs.contents(engine, args.run_id)
+        if not args.yes:
+            console.print(f"run {args.run_id} holds {contents}; nothing was deleted: add --yes to delete it "
+                          "(or `moecomm runs exclude` keeps it out of detection without deleting it)", markup=False)
+            return EXIT_ERROR
+        runs.delete(engine, args.run_id)
+        console.print(f"run {args.run_id} deleted: {contents}", markup=False)
+        return EXIT_OK
     if args.action in ("exclude", "include"):
         if not args.run_id or (args.action == "exclude" and not args.reason):
             raise MoecommError("usage: moecomm runs exclude RUN_ID --reason TEXT | moecomm runs include RUN_ID")
@@ -130,14 +158,16 @@ def cmd_runs(args: argparse.Namespace) -> int:
         console.print(f"run {args.run_id}: " + (f"excluded ({args.reason})" if args.action == "exclude" else "included"))
         return EXIT_OK
     rows = query.runs(_engine(), args.limit)
-    _table(None, ["run_id", "run_at", "jobs", "succeeded", "partial", "failed", "measurements"], rows)
+    _table(None, ["run_id", "run_at", "jobs", "succeeded", "partial", "failed", "measurements", "excluded"], rows)
     return EXIT_OK
 
 
 def _series(args: argparse.Namespace) -> query.SeriesFilter:
     return query.SeriesFilter(
         backend=args.backend, profile=args.profile, ep_size=args.ep_size, local_batch_size=args.size,
-        op=args.op, quant_algo=args.quant, gpu_model=args.gpu,
+        op=args.op, quant_algo=args.quant, gpu_model=args.gpu, cuda_graph=args.cuda_graph, pdl=args.pdl,
+        perfect_router=args.perfect_router, payload_in_workspace=args.payload_in_workspace,
+        low_precision_combine=args.low_precision_combine, timing_method=args.timing_method,
     )
 
 
@@ -152,7 +182,7 @@ def cmd_trend(args: argparse.Namespace) -> int:
 
 def print_trend_table(engine, series: query.SeriesFilter, last: int) -> None:
     run_ids, rows = query.trend_table(engine, series, last)
-    _table("median µs across ranks, per run", ["backend", "profile", "ep", "size", "op", *run_ids], rows)
+    _table("median µs across ranks, per run", ["backend", "profile", "ep", "size", "op", "knobs", *run_ids], rows)
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -174,7 +204,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
                            "see kernel_flat and measurement_flat (README: The SQL interface)")
     rows = query.compare(_engine(), args.run_a, args.run_b)
     _table(f"A = {args.run_a}, B = {args.run_b}; speedup = A / B (above 1: B is faster)",
-           ["backend", "profile", "ep", "size", "op", "A µs", "B µs", "speedup"], rows)
+           ["backend", "profile", "ep", "size", "op", "knobs", "A µs", "B µs", "speedup"],
+           [(r.backend, r.profile, r.ep_size, r.local_batch_size, r.op, query.knob_label(r), r.a_us, r.b_us, r.speedup)
+            for r in rows])
     return EXIT_OK
 
 
@@ -268,6 +300,31 @@ def _add_series_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--op", choices=["dispatch", "combine"])
     parser.add_argument("--quant", help="quantization algorithm, e.g. FP8_BLOCK_SCALES")
     parser.add_argument("--gpu", help="GPU model")
+    for knob, what in (("cuda-graph", "replayed from a CUDA graph"), ("pdl", "with PDL"),
+                       ("perfect-router", "with the perfect router"),
+                       ("payload-in-workspace", "with the expert output in the workspace"),
+                       ("low-precision-combine", "with low-precision combine")):
+        parser.add_argument(f"--{knob}", type=_yes_no, metavar="true|false", help=f"measured {what} or not")
+    parser.add_argument("--timing-method", choices=TIMING_METHODS)
+
+
+def _yes_no(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1", "on"):
+        return True
+    if text.lower() in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
+def _count(text: str) -> int:
+    """A non-negative integer (a --limit or --last)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or more, not {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -285,11 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-at", help="ISO-8601 time with a zone (default: now)")
     p.set_defaults(func=cmd_load)
 
-    p = sub.add_parser("runs", help="list runs, newest first; or exclude (quarantine) a run from detection")
-    p.add_argument("action", nargs="?", choices=["list", "exclude", "include"], default="list")
+    p = sub.add_parser("runs", help="list runs, newest first (with why a run is excluded); exclude (quarantine) "
+                                    "a run from detection, include it again, or delete it")
+    p.add_argument("action", nargs="?", choices=["list", "exclude", "include", "delete"], default="list")
     p.add_argument("run_id", nargs="?")
     p.add_argument("--reason", help="with exclude: why the run is not to be trusted")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--yes", action="store_true", help="with delete: really delete (without it, say what would go)")
+    p.add_argument("--limit", type=_count, default=50)
     p.set_defaults(func=cmd_runs)
 
     p = sub.add_parser("trend", help="one series' history")
@@ -298,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("table", help="every matching series against the last runs")
     _add_series_options(p)
-    p.add_argument("--last", type=int, default=10)
+    p.add_argument("--last", type=_count, default=10)
     p.set_defaults(func=cmd_table)
 
     p = sub.add_parser("compare", help="A/B table of two runs, or of two benchmark output files")

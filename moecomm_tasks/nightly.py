@@ -98,9 +98,8 @@ def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: 
     spec = launch.build(matrix, job, artifacts)
     log.info("launching %s: %s", job.name, spec.argv)
     result = launch.run(spec)
-    texts = [(str(path), path.read_text(encoding="utf-8", errors="replace"))
-             for path in (spec.stdout, spec.stderr, spec.output_file) if path.exists()]
-    parsed = parse.parse_texts(texts)
+    # Read as streams, in bounded memory, whatever the benchmark printed (moecomm_tasks.limits).
+    parsed = parse.parse_paths([path for path in (spec.stdout, spec.stderr, spec.output_file) if path.is_file()])
     error = None
     if result.timed_out:
         error = f"timed out after {job.timeout_s} s; all {result.leftover_killed} processes of the launch were killed"
@@ -108,8 +107,9 @@ def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: 
         error = f"the benchmark exited with status {result.returncode}"
     if not parsed.jobs:
         parsed = ParsedOutput(jobs=(ParsedJob(expected_header(spec.program, job)),), dropped=parsed.dropped,
-                              failures=parsed.failures, reports_written=parsed.reports_written)
-    measured = sum(len(j.timings) for j in parsed.jobs)
+                              failures=parsed.failures, reports_written=parsed.reports_written,
+                              omitted=parsed.omitted)
+    measured = sum(j.measured for j in parsed.jobs)
     state = None
     if error:
         state = "partial" if measured else "failed"
@@ -121,7 +121,8 @@ def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: 
     for parsed_job in parsed.jobs:
         reported = dict(parsed_job.header.extra.get("provenance") or {})
         merged = provenance.merge(host, reported, launched)
-        loaded = store.load(engine, ParsedOutput(jobs=(parsed_job,), dropped=parsed.dropped, failures=parsed.failures),
+        loaded = store.load(engine, ParsedOutput(jobs=(parsed_job,), dropped=parsed.dropped, failures=parsed.failures,
+                                                 omitted=parsed.omitted),
                             run_id, run_at, provenance=merged, state=state, error=error)
         states += [j.state for j in loaded.jobs]
     final = "failed" if "failed" in states else "partial" if "partial" in states else "succeeded"

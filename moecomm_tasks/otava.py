@@ -40,9 +40,11 @@ ORDER BY n.run_at""")
 BRANCH = sql.SQL("%{BRANCH}")  # Otava's placeholder for the --branch value
 
 
-def test_name(backend: str, profile: str, ep_size: int, quant: str, size: int, op: str) -> str:
-    """The series' key as an Otava test name: unique per series, whatever the names hold."""
-    name = f"{backend}.{profile}.ep{ep_size}.{quant or 'default'}.{size}.{op}"
+def test_name(backend: str, profile: str, ep_size: int, quant: str, size: int, op: str, *knobs: object) -> str:
+    """The series' key as an Otava test name, unique per series whatever the names hold: the key,
+    then the knobs after the op (the timing method, and each flag by name where it is on)."""
+    flags = [name for name, on in zip(("graph", "pdl", "pr", "piw", "lpc"), knobs[:5]) if on]
+    name = ".".join([f"{backend}.{profile}.ep{ep_size}.{quant or 'default'}.{size}.{op}", *map(str, knobs[5:]), *flags])
     safe = safe_name(name)
     if safe == name:
         return name
@@ -55,8 +57,9 @@ def config(engine: Engine) -> dict:
     """The Otava configuration (as a dict) for every series in the database."""
     with engine.connect() as conn:
         series = conn.execute(sa.text("""
-            SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op
-            FROM nightly_series ORDER BY 1, 2, 3, 4, 5, 6""")).all()
+            SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
+                   cuda_graph, pdl, perfect_router, payload_in_workspace, low_precision_combine, timing_method
+            FROM nightly_series ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12""")).all()
     tests = {}
     with shown_sql(engine) as shown:
         for s in series:

@@ -13,6 +13,7 @@ from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
 from moecomm_tasks.errors import MoecommError
+from moecomm_tasks.knobs import KNOB_FIELDS
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,12 @@ class SeriesFilter:
     op: str | None = None
     quant_algo: str | None = None
     gpu_model: str | None = None
+    cuda_graph: bool | None = None
+    pdl: bool | None = None
+    perfect_router: bool | None = None
+    payload_in_workspace: bool | None = None
+    low_precision_combine: bool | None = None
+    timing_method: str | None = None
 
     def where(self) -> tuple[str, dict]:
         clauses, params = [], {}
@@ -37,20 +44,23 @@ class SeriesFilter:
 
 
 def runs(engine: Engine, limit: int = 50) -> list[sa.Row]:
-    """The latest runs, newest first, with their job counts and states."""
+    """The latest runs, newest first, with their job counts and states, and whether each is
+    excluded from detection (and why)."""
     sql = sa.text("""
-        SELECT run_id, run_at, count(*) AS jobs,
-               count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
-               count(*) FILTER (WHERE state = 'partial') AS partial,
-               count(*) FILTER (WHERE state = 'failed') AS failed,
-               sum(measurements) AS measurements
-        FROM job_summary GROUP BY run_id, run_at ORDER BY run_at DESC, run_id DESC LIMIT :limit
+        SELECT r.run_id, r.run_at, count(s.job_key) AS jobs,
+               count(*) FILTER (WHERE s.state = 'succeeded') AS succeeded,
+               count(*) FILTER (WHERE s.state = 'partial') AS partial,
+               count(*) FILTER (WHERE s.state = 'failed') AS failed,
+               coalesce(sum(s.measurements), 0) AS measurements,
+               CASE WHEN r.excluded THEN r.excluded_reason END AS excluded
+        FROM run r LEFT JOIN job_summary s USING (run_id)
+        GROUP BY r.run_pk ORDER BY r.run_at DESC, r.run_id DESC LIMIT :limit
     """)
     with engine.connect() as conn:
         return list(conn.execute(sql, {"limit": limit}))
 
 
-SERIES_KEY = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "op", "gpu_model")
+SERIES_KEY = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "op", "gpu_model", *KNOB_FIELDS)
 
 
 def _value(value: Any) -> sql.Composable:
@@ -123,31 +133,44 @@ def trend(engine: Engine, series: SeriesFilter, since: datetime | None = None) -
         )
         raise MoecommError(
             f"{len(keys)} series match; narrow it down (--backend, --profile, --ep-size, --size, "
-            f"--op, --quant, --gpu). Some of them:\n  {shown}"
+            f"--op, --quant, --gpu, --cuda-graph, --pdl, --perfect-router, --payload-in-workspace, "
+            f"--low-precision-combine, --timing-method). Some of them:\n  {shown}"
         )
     return [row[len(SERIES_KEY):] for row in rows]
 
 
+def knob_label(row: object) -> str:
+    """The knobs of a series in a few characters: its timing method, then graph, pdl, perfect
+    router (pr), payload in workspace (piw) and low-precision combine (lpc) where on."""
+    on = [short for short, name in (("graph", "cuda_graph"), ("pdl", "pdl"), ("pr", "perfect_router"),
+                                    ("piw", "payload_in_workspace"), ("lpc", "low_precision_combine"))
+          if getattr(row, name)]
+    return " ".join([row.timing_method, *on])
+
+
 def trend_table(engine: Engine, series: SeriesFilter, last: int = 10) -> tuple[list[str], list[tuple]]:
-    """Every matching series against the last `last` runs: (run ids, rows of key + median µs per run)."""
+    """Every matching series against the last `last` runs: (run ids, rows of key + knobs + median
+    µs per run)."""
     where, params = series.where()
     with engine.connect() as conn:
         run_ids = [r for (r,) in conn.execute(sa.text(
             "SELECT run_id FROM run ORDER BY run_at DESC, run_id DESC LIMIT :n"), {"n": last})][::-1]
         params["runs"] = run_ids
         rows = conn.execute(sa.text(f"""
-            SELECT backend, profile, ep_size, local_batch_size, op, run_id, median_us
+            SELECT backend, profile, ep_size, local_batch_size, op, run_id, median_us, {', '.join(KNOB_FIELDS)}
             FROM nightly_series WHERE {where} AND run_id = ANY(:runs)
-            ORDER BY profile, ep_size, backend, local_batch_size, op
+            ORDER BY profile, ep_size, backend, local_batch_size, op, {', '.join(KNOB_FIELDS)}
         """), params).all()
     table: dict[tuple, dict[str, float]] = {}
-    for backend, profile, ep, size, op, run_id, median in rows:
-        table.setdefault((backend, profile, ep, size, op), {})[run_id] = median
+    for row in rows:
+        key = (row.backend, row.profile, row.ep_size, row.local_batch_size, row.op, knob_label(row))
+        table.setdefault(key, {})[row.run_id] = row.median_us
     return run_ids, [key + tuple(vals.get(r) for r in run_ids) for key, vals in table.items()]
 
 
 def compare(engine: Engine, run_a: str, run_b: str) -> list[sa.Row]:
-    """Per (backend, profile, EP size, size, op): both runs' median-across-ranks and the speedup.
+    """Per series (backend, profile, EP size, size, op, knobs): both runs' median-across-ranks and
+    the speedup.
 
     `speedup` is A / B: above 1, run B is faster. Series present in only one run are listed with
     the other side empty.
@@ -166,10 +189,19 @@ def compare(engine: Engine, run_a: str, run_b: str) -> list[sa.Row]:
                    COALESCE(a.ep_size, b.ep_size) AS ep_size,
                    COALESCE(a.local_batch_size, b.local_batch_size) AS local_batch_size,
                    COALESCE(a.op, b.op) AS op,
+                   COALESCE(a.timing_method, b.timing_method) AS timing_method,
+                   COALESCE(a.cuda_graph, b.cuda_graph) AS cuda_graph, COALESCE(a.pdl, b.pdl) AS pdl,
+                   COALESCE(a.perfect_router, b.perfect_router) AS perfect_router,
+                   COALESCE(a.payload_in_workspace, b.payload_in_workspace) AS payload_in_workspace,
+                   COALESCE(a.low_precision_combine, b.low_precision_combine) AS low_precision_combine,
                    a.median_us AS a_us, b.median_us AS b_us,
                    a.median_us / NULLIF(b.median_us, 0) AS speedup
             FROM a FULL JOIN b
-              ON (a.backend, a.profile, a.ep_size, COALESCE(a.quant_algo, ''), a.local_batch_size, a.op)
-               = (b.backend, b.profile, b.ep_size, COALESCE(b.quant_algo, ''), b.local_batch_size, b.op)
-            ORDER BY profile, ep_size, backend, local_batch_size, op
+              ON (a.backend, a.profile, a.ep_size, COALESCE(a.quant_algo, ''), a.local_batch_size, a.op,
+                  a.cuda_graph, a.pdl, a.perfect_router, a.payload_in_workspace, a.low_precision_combine,
+                  a.timing_method)
+               = (b.backend, b.profile, b.ep_size, COALESCE(b.quant_algo, ''), b.local_batch_size, b.op,
+                  b.cuda_graph, b.pdl, b.perfect_router, b.payload_in_workspace, b.low_precision_combine,
+                  b.timing_method)
+            ORDER BY profile, ep_size, backend, local_batch_size, op, timing_method
         """), {"a": run_a, "b": run_b}))

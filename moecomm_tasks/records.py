@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from moecomm_tasks.knobs import Knobs
+
 OPS = ("dispatch", "combine")
 PHASES = ("dispatch", "combine", "other")
 
@@ -51,7 +53,7 @@ class RunHeader:
         return ",".join(parts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stats:
     """One rank's time for one phase, in microseconds; only `mean_us` is always there."""
 
@@ -62,21 +64,26 @@ class Stats:
     max_us: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Timing:
-    """The time of one phase (`op`) on one rank for one (backend, local_batch_size)."""
+    """The time of one phase (`op`) on one rank for one (backend, local_batch_size), with the
+    knobs it was measured with. `stats` is None for a rank whose value was `null` (not measured):
+    the other ranks are kept."""
 
     backend: str
     local_batch_size: int
     op: str
     rank: int
-    stats: Stats
+    stats: Stats | None
     payload_dtype: str | None = None
+    knobs: Knobs = Knobs()
+    unhonoured: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class KernelTiming:
-    """One kernel's time on one rank, attributed to a phase (`dispatch`, `combine`, `other`)."""
+    """One kernel's time on one rank, attributed to a phase (`dispatch`, `combine`, `other`).
+    A rank that did not run the kernel (`0.0` or all-zero stats in the output) has none."""
 
     backend: str
     local_batch_size: int
@@ -126,10 +133,16 @@ class ParsedJob:
     timings: tuple[Timing, ...] = ()
     kernels: tuple[KernelTiming, ...] = ()
     skips: tuple[Skip, ...] = ()
+    warning: str | None = None
 
     @property
     def loadable(self) -> bool:
         return bool(self.timings or self.skips)
+
+    @property
+    def measured(self) -> int:
+        """Rank values measured (a rank's `null` is not)."""
+        return sum(t.stats is not None for t in self.timings)
 
 
 @dataclass(frozen=True)
@@ -140,6 +153,17 @@ class ParsedOutput:
     dropped: tuple[Dropped, ...] = ()
     failures: tuple[WorkerFailure, ...] = ()
     reports_written: tuple[str, ...] = ()
+    # Dropped items and worker failures beyond what is kept (limits.MAX_DROPPED_PER_JOB), per job
+    # key (None: items that belong to no job, counted against every job).
+    omitted: Mapping[str | None, int] = field(default_factory=dict)
+
+    def omitted_for(self, job_key: str) -> int:
+        return self.omitted.get(job_key, 0) + self.omitted.get(None, 0)
+
+    @property
+    def incomplete(self) -> bool:
+        """Something was dropped or failed."""
+        return bool(self.dropped or self.failures or self.omitted)
 
     @property
     def loadable(self) -> bool:

@@ -29,7 +29,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from moecomm_tasks.errors import MoecommError
+from moecomm_tasks.knobs import KNOB_FIELDS
 from moecomm_tasks.names import safe_name
+from moecomm_tasks.query import knob_label
+
+KNOBS = ", ".join(KNOB_FIELDS)
 
 HISTORY_NIGHTS = 30
 BASELINE_NIGHTS = 7
@@ -50,25 +54,29 @@ def _latest_run(conn: sa.Connection) -> str:
 
 
 def _history(conn: sa.Connection, run_id: str) -> dict[tuple, list[Point]]:
-    """Every series measured in `run_id`, with up to HISTORY_NIGHTS nights up to and including it."""
-    rows = conn.execute(sa.text("""
+    """Every series measured in `run_id`, with up to HISTORY_NIGHTS nights up to and including it.
+    Keyed by (profile, EP size, backend, op, size, quantization, GPU model, knobs)."""
+    rows = conn.execute(sa.text(f"""
         WITH night AS (SELECT run_at FROM run WHERE run_id = :run),
              series AS (SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo,
-                               local_batch_size, op, COALESCE(gpu_model, '') AS gpu_model
+                               local_batch_size, op, COALESCE(gpu_model, '') AS gpu_model, {KNOBS}
                         FROM nightly_series WHERE run_id = :run)
         SELECT s.backend, s.profile, s.ep_size, s.quant_algo, s.local_batch_size, s.op, s.gpu_model,
+               {', '.join('s.' + k for k in KNOB_FIELDS)},
                n.run_id, n.run_at, COALESCE(n.slowest_rank_median_us, n.slowest_rank_us) AS value
         FROM series s
         JOIN nightly_series n ON n.backend = s.backend AND n.profile = s.profile AND n.ep_size = s.ep_size
              AND COALESCE(n.quant_algo, '') = s.quant_algo AND n.local_batch_size = s.local_batch_size
              AND n.op = s.op AND COALESCE(n.gpu_model, '') = s.gpu_model
+             AND {' AND '.join(f'n.{k} = s.{k}' for k in KNOB_FIELDS)}
         WHERE n.run_at <= (SELECT run_at FROM night) AND NOT n.excluded
-        ORDER BY s.profile, s.ep_size, s.backend, s.op, s.local_batch_size, n.run_at, n.run_id
+        ORDER BY s.profile, s.ep_size, s.backend, s.op, s.local_batch_size, {', '.join('s.' + k for k in KNOB_FIELDS)},
+                 n.run_at, n.run_id
     """), {"run": run_id}).all()
     series: dict[tuple, list[Point]] = defaultdict(list)
     for r in rows:
-        series[(r.profile, r.ep_size, r.backend, r.op, r.local_batch_size, r.quant_algo, r.gpu_model)].append(
-            Point(r.run_id, r.run_at, float(r.value)))
+        series[(r.profile, r.ep_size, r.backend, r.op, r.local_batch_size, r.quant_algo, r.gpu_model,
+                knob_label(r))].append(Point(r.run_id, r.run_at, float(r.value)))
     return {k: v[-HISTORY_NIGHTS:] for k, v in series.items()}
 
 
@@ -87,7 +95,9 @@ def _alert_series(conn: sa.Connection, alert: sa.Row) -> list[Point]:
         FROM nightly_series
         WHERE backend = :backend AND profile = :profile AND ep_size = :ep_size
           AND COALESCE(quant_algo, '') = :quant_algo AND local_batch_size = :local_batch_size AND op = :op
-          AND COALESCE(gpu_model, '') = :gpu_model AND NOT excluded
+          AND COALESCE(gpu_model, '') = :gpu_model AND cuda_graph = :cuda_graph AND pdl = :pdl
+          AND perfect_router = :perfect_router AND payload_in_workspace = :payload_in_workspace
+          AND low_precision_combine = :low_precision_combine AND timing_method = :timing_method AND NOT excluded
         ORDER BY run_at, run_id"""), dict(alert._mapping)).all()
     return [Point(r.run_id, r.run_at, float(r.value)) for r in rows]
 
@@ -135,8 +145,8 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
 
     # The night against its history.
     groups: dict[tuple, dict[int, list[Point]]] = defaultdict(dict)
-    for (profile, ep, backend, op, size, _quant, _gpu), points in history.items():
-        groups[(profile, ep, backend, op)][size] = points
+    for (profile, ep, backend, op, size, _quant, _gpu, knobs), points in history.items():
+        groups[(profile, ep, f"{backend} [{knobs}]", op)][size] = points
     for (profile, ep, backend, op), by_size in sorted(groups.items()):
         fig, ax = plt.subplots(figsize=(6.4, 3.0))
         for size, points in sorted(by_size.items()):
@@ -173,9 +183,9 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
 
     # The backend comparison on this night.
     comparison: dict[tuple, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for (profile, ep, backend, op, size, _quant, _gpu), points in history.items():
+    for (profile, ep, backend, op, size, _quant, _gpu, knobs), points in history.items():
         if points[-1].run_id == run_id:
-            comparison[(profile, ep, op)][backend].append((size, points[-1].value))
+            comparison[(profile, ep, op)][f"{backend} [{knobs}]"].append((size, points[-1].value))
     for (profile, ep, op), by_backend in sorted(comparison.items()):
         fig, ax = plt.subplots(figsize=(6.4, 3.0))
         for backend, values in sorted(by_backend.items()):
@@ -191,9 +201,10 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
              f"{profile}, EP {ep}, {op}: every backend against token count, this night")
 
     table = []
-    for (profile, ep, backend, op, size, _quant, _gpu), points in history.items():
+    for (profile, ep, backend, op, size, _quant, _gpu, knobs), points in history.items():
         if points[-1].run_id != run_id:
             continue
+        backend = f"{backend} [{knobs}]"
         base = _baseline(points)
         change = None if base is None else 100.0 * (points[-1].value - base) / base
         table.append((profile, ep, backend, size, op, points[-1].value, base, change))

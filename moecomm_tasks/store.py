@@ -30,6 +30,7 @@ import psycopg2.extras
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError
 
+from moecomm_tasks import knobs, limits
 from moecomm_tasks.dbguard import describe
 from moecomm_tasks.errors import DatabaseError, LoadError
 from moecomm_tasks.records import Dropped, ParsedJob, ParsedOutput, RunHeader, Timing, WorkerFailure
@@ -45,6 +46,7 @@ PROVENANCE_COLUMNS = (
 MEASUREMENT_COLUMNS = (
     "job_pk", "backend", "local_batch_size", "op",
     "mean_us", "median_us", "stdev_us", "min_us", "max_us", "payload_dtype",
+    *knobs.KNOB_FIELDS, "unhonoured",
 )
 HEADER_FIELDS = tuple(f.name for f in fields(RunHeader) if f.name != "extra")
 KERNEL_COLUMNS = (
@@ -75,8 +77,8 @@ class LoadResult:
         return sum(j.measurements for j in self.jobs)
 
 
-def _state(job: ParsedJob, dropped: Sequence[Dropped], failures: Sequence[WorkerFailure]) -> str:
-    if not dropped and not failures:
+def _state(job: ParsedJob, dropped: Sequence[Dropped], failures: Sequence[WorkerFailure], omitted: int) -> str:
+    if not dropped and not failures and not omitted:
         return "succeeded"
     return "partial" if job.timings else "failed"
 
@@ -101,6 +103,8 @@ _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + struct.pack(">ii", 0, 0)
 _COPY_TRAILER = struct.pack(">h", -1)
 _FLOAT8 = struct.Struct(">id")  # one array element: its length (8) and its value
 _FLOAT8_OID = 701
+_TEXT_OID = 25
+_TRUE, _FALSE = struct.pack(">ib", 1, 1), struct.pack(">ib", 1, 0)
 
 
 def _binary_text(value: str | None) -> bytes:
@@ -108,6 +112,19 @@ def _binary_text(value: str | None) -> bytes:
         return b"\xff\xff\xff\xff"
     data = value.encode()
     return struct.pack(">i", len(data)) + data
+
+
+def _binary_bool(value: bool) -> bytes:
+    return _TRUE if value else _FALSE
+
+
+def _binary_text_array(values: Sequence[str]) -> bytes:
+    """A text[] field in COPY's binary format; NULL when empty."""
+    if not values:
+        return b"\xff\xff\xff\xff"
+    elements = b"".join(_binary_text(v) for v in values)
+    body = struct.pack(">iiiii", 1, 0, _TEXT_OID, len(values), 1) + elements
+    return struct.pack(">i", len(body)) + body
 
 
 def _binary_array(values: list[float | None]) -> bytes:
@@ -124,9 +141,10 @@ def _binary_array(values: list[float | None]) -> bytes:
     return struct.pack(">i", len(body)) + body
 
 
-def _measurement_rows(timings: Iterable[Timing]) -> list[bytes]:
+def _measurement_rows(timings: Iterable[Timing], provenance: Mapping[str, Any]) -> list[bytes]:
     """One binary COPY tuple per (backend, size, op), without its leading job key; each
-    statistic an array indexed by rank."""
+    statistic an array indexed by rank (a rank that was not measured is a null element), then
+    the knobs (completed from `provenance`, see `knobs.complete`)."""
     groups: dict[tuple, list[Timing]] = {}
     for t in timings:
         groups.setdefault((t.backend, t.local_batch_size, t.op), []).append(t)
@@ -135,12 +153,17 @@ def _measurement_rows(timings: Iterable[Timing]) -> list[bytes]:
         ranks.sort(key=lambda t: t.rank)
         if [t.rank for t in ranks] != list(range(len(ranks))):
             raise LoadError(f"{backend} @ {size} {op}: ranks {[t.rank for t in ranks]} are not 0..{len(ranks) - 1}")
+        if not 0 < size <= limits.MAX_LOCAL_BATCH_SIZE:
+            raise LoadError(f"{backend} @ {size} {op}: local_batch_size beyond 1..{limits.MAX_LOCAL_BATCH_SIZE}")
         stats = [t.stats for t in ranks]
+        knob = knobs.complete(ranks[0].knobs, provenance)
+        columns = [_binary_array([None if s is None else getattr(s, name) for s in stats])
+                   for name in ("mean_us", "median_us", "stdev_us", "min_us", "max_us")]
         rows.append(
-            _binary_text(backend) + struct.pack(">ii", 4, size) + _binary_text(op)
-            + _binary_array([s.mean_us for s in stats]) + _binary_array([s.median_us for s in stats])
-            + _binary_array([s.stdev_us for s in stats]) + _binary_array([s.min_us for s in stats])
-            + _binary_array([s.max_us for s in stats]) + _binary_text(ranks[0].payload_dtype)
+            _binary_text(backend) + struct.pack(">ii", 4, size) + _binary_text(op) + b"".join(columns)
+            + _binary_text(ranks[0].payload_dtype)
+            + b"".join(_binary_bool(getattr(knob, f)) for f in knobs.FLAGS) + _binary_text(knob.timing_method)
+            + _binary_text_array(ranks[0].unhonoured)
         )
     return rows
 
@@ -174,17 +197,18 @@ class _PreparedJob:
     failures: Sequence[WorkerFailure]
     provenance: Mapping[str, Any]
     header_json: str
+    omitted: int
 
     def outcome(self, status: str) -> JobOutcome:
-        return JobOutcome(self.key, status, self.state, len(self.job.timings), len(self.job.kernels), len(self.job.skips))
+        return JobOutcome(self.key, status, self.state, self.job.measured, len(self.job.kernels), len(self.job.skips))
 
 
 def _prepare(job: ParsedJob, dropped: Sequence[Dropped], failures: Sequence[WorkerFailure],
-             provenance: Mapping[str, Any], state: str | None, error: str | None) -> _PreparedJob:
+             provenance: Mapping[str, Any], state: str | None, error: str | None, omitted: int) -> _PreparedJob:
     header = job.header
     assert header is not None
-    state = state or _state(job, dropped, failures)
-    measurement_rows = _measurement_rows(job.timings)
+    state = state or _state(job, dropped, failures, omitted)
+    measurement_rows = _measurement_rows(job.timings, provenance)
     kernel_lines = _csv_lines(
         (k.backend, k.local_batch_size, k.phase, k.kernel, k.rank, k.count, k.stats.mean_us,
          k.stats.median_us, k.stats.stdev_us, k.stats.min_us, k.stats.max_us)
@@ -194,14 +218,14 @@ def _prepare(job: ParsedJob, dropped: Sequence[Dropped], failures: Sequence[Work
     fingerprint = hashlib.sha256(header_json.encode())
     fingerprint.update(json.dumps(
         [[astuple(s) for s in job.skips], [astuple(d) for d in dropped], [astuple(f) for f in failures],
-         provenance, state, error],
+         provenance, state, error, job.warning, omitted],
         sort_keys=True, default=str,
     ).encode())
     fingerprint.update(b"".join(measurement_rows))
     fingerprint.update(b"--kernels--\n")
     fingerprint.update("".join(kernel_lines).encode())
     return _PreparedJob(job, header.job_key(), state, error, fingerprint.hexdigest(), measurement_rows,
-                        kernel_lines, dropped, failures, provenance, header_json)
+                        kernel_lines, dropped, failures, provenance, header_json, omitted)
 
 
 def _provenance_row(job_pk: int, provenance: Mapping[str, Any]) -> tuple:
@@ -222,7 +246,7 @@ def _job_row(run_pk: int, prepared: _PreparedJob) -> tuple:
     header = prepared.job.header
     return (run_pk, prepared.key, header.profile, header.ep_size, header.quant_algo, header.hidden_size,
             header.top_k, header.num_experts, header.dtype, header.backend, prepared.state, prepared.error,
-            prepared.header_json, prepared.sha)
+            prepared.header_json, prepared.sha, prepared.job.warning, prepared.omitted)
 
 
 def _write(cur: Any, run_pk: int, prepared: list[_PreparedJob]) -> list[JobOutcome]:
@@ -242,7 +266,8 @@ def _write(cur: Any, run_pk: int, prepared: list[_PreparedJob]) -> list[JobOutco
         inserted = psycopg2.extras.execute_values(
             cur,
             """INSERT INTO job (run_pk, job_key, profile, ep_size, quant_algo, hidden_size, top_k, num_experts,
-                                dtype, requested_backend, state, error, header, content_sha256)
+                                dtype, requested_backend, state, error, header, content_sha256, warning,
+                                dropped_omitted)
                VALUES %s ON CONFLICT ON CONSTRAINT job_run_key DO NOTHING RETURNING job_key, job_pk""",
             [_job_row(run_pk, p) for p in to_write], fetch=True, page_size=len(to_write),
         )
@@ -295,8 +320,10 @@ def load(
     Raises `LoadError` when the database refuses the input, `DatabaseError` when the database
     fails (unreachable, gone or stalled mid-load); either way nothing of it was written.
     """
-    if not run_id or not run_id.strip():
-        raise LoadError("a run id is required (--run-id)")
+    try:
+        limits.run_id(run_id)
+    except limits.Invalid as exc:
+        raise LoadError(str(exc)) from None
     run_at = run_at or datetime.now(timezone.utc)
     if run_at.tzinfo is None:
         raise LoadError(f"run time {run_at.isoformat()} has no time zone: give one (e.g. +00:00)")
@@ -306,7 +333,8 @@ def load(
         job_provenance = dict(job.header.extra.get("provenance") or {})
         job_provenance.update(provenance or {})
         dropped = [d for d in parsed.dropped if d.job_key in (key, None)]
-        prepared.append(_prepare(job, dropped, parsed.failures, job_provenance, state, error))
+        prepared.append(_prepare(job, dropped, parsed.failures, job_provenance, state, error,
+                                 parsed.omitted_for(key)))
 
     def write(cur: Any) -> list[JobOutcome]:
         cur.execute(

@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from moecomm_tasks import db, query, store
+from moecomm_tasks.knobs import FLAGS as KNOB_FLAGS
 from moecomm_tasks.records import ParsedJob, ParsedOutput, RunHeader, Stats, Timing
 
 BACKENDS = ("ALLGATHER", "NVLINK_ONE_SIDED", "NVLINK_TWO_SIDED", "DEEPEP", "DEEPEPLOWLATENCY", "NCCL_EP")
@@ -95,6 +96,12 @@ class Measurement(Base):
     min_us: Mapped[list[float]] = mapped_column(ARRAY(sa.Float))
     max_us: Mapped[list[float]] = mapped_column(ARRAY(sa.Float))
     payload_dtype: Mapped[str]
+    cuda_graph: Mapped[bool]
+    pdl: Mapped[bool]
+    perfect_router: Mapped[bool]
+    payload_in_workspace: Mapped[bool]
+    low_precision_combine: Mapped[bool]
+    timing_method: Mapped[str]
 
 
 def naive_load(engine: sa.Engine, parsed: ParsedOutput, run_id: str, run_at: datetime) -> None:
@@ -121,7 +128,9 @@ def naive_load(engine: sa.Engine, parsed: ParsedOutput, run_id: str, run_at: dat
                     job_pk=row.job_pk, backend=backend, local_batch_size=size, op=op,
                     mean_us=[t.stats.mean_us for t in ranks], median_us=[t.stats.median_us for t in ranks],
                     stdev_us=[t.stats.stdev_us for t in ranks], min_us=[t.stats.min_us for t in ranks],
-                    max_us=[t.stats.max_us for t in ranks], payload_dtype=ranks[0].payload_dtype))
+                    max_us=[t.stats.max_us for t in ranks], payload_dtype=ranks[0].payload_dtype,
+                    **{f: bool(getattr(ranks[0].knobs, f)) for f in KNOB_FLAGS},
+                    timing_method=ranks[0].knobs.timing_method))
                 session.flush()
             session.commit()
 

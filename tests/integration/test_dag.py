@@ -123,7 +123,7 @@ extra_args = ["--device", "cuda"]
 backend = "TORCH_ALLGATHER"
 profile = "gpt_oss"
 extra_args = ["--iters", "100000000"]
-timeout_s = 8
+timeout_s = 20
 """
 
 
@@ -157,7 +157,7 @@ def test_nightly_run_end_to_end_with_a_crash_and_a_hang(tmp_path, database_url, 
     assert jobs[("deepseek_v3", "TORCH_ALLTOALL")].measurements == 2 * 2 * 2
     assert jobs[("gpt_oss", "TORCH_ALLTOALL")].error.startswith("the benchmark exited with status")
     assert "--device cuda was given but CUDA is not available" in worker_failure
-    assert jobs[("gpt_oss", "TORCH_ALLGATHER")].error.startswith("timed out after 8 s")
+    assert jobs[("gpt_oss", "TORCH_ALLGATHER")].error.startswith("timed out after 20 s")
     assert "mpirun" in provenance.command[0] and "--ep_size" in provenance.command and provenance.hosts
     # No rank outlives its task.
     assert not [p for p in psutil.process_iter(["cmdline"]) if any(str(airflow_home) in a for a in (p.info["cmdline"] or []))]

@@ -67,9 +67,13 @@ def test_otava_keeps_every_series_and_its_queries_are_safe(engine, database_url,
     assert main(["otava-config", "--out", str(out)]) == 0
     tests = yaml.safe_load(out.read_text())["tests"]
     assert len(tests) == len(BACKENDS)  # 'TORCH ALLGATHER' and 'TORCH_ALLGATHER' both kept
-    clean = otava.test_name("TORCH_ALLGATHER", "gpt_oss", 2, "W4A8_MXFP4_MXFP8", 128, "combine")
-    spaced = otava.test_name("TORCH ALLGATHER", "gpt_oss", 2, "W4A8_MXFP4_MXFP8", 128, "combine")
-    assert clean == "TORCH_ALLGATHER.gpt_oss.ep2.W4A8_MXFP4_MXFP8.128.combine"
+    with engine.connect() as conn:
+        knobs = conn.execute(sa.text(
+            "SELECT cuda_graph, pdl, perfect_router, payload_in_workspace, low_precision_combine, timing_method "
+            "FROM nightly_series LIMIT 1")).one()
+    clean = otava.test_name("TORCH_ALLGATHER", "gpt_oss", 2, "W4A8_MXFP4_MXFP8", 128, "combine", *knobs)
+    spaced = otava.test_name("TORCH ALLGATHER", "gpt_oss", 2, "W4A8_MXFP4_MXFP8", 128, "combine", *knobs)
+    assert clean.startswith("TORCH_ALLGATHER.gpt_oss.ep2.W4A8_MXFP4_MXFP8.128.combine.")
     assert spaced.startswith(clean + ".") and {clean, spaced} <= set(tests)
     for setting in ("off", "on"):
         with session(database_url, setting) as conn, conn.cursor() as cur:

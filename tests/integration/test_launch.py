@@ -109,8 +109,9 @@ def _processes_mentioning(text: str) -> list[psutil.Process]:
 
 def test_timeout_kills_every_process_of_the_launch(tmp_path):
     marker = str(tmp_path / "marker")
-    program = [sys.executable, "-c",
-               "import subprocess, sys, time; subprocess.Popen(['sleep', '300', sys.argv[1]]); time.sleep(300)", marker]
+    # The shell starts its grandchild at once (a Python child could still be importing when the
+    # timeout strikes on a loaded machine).
+    program = ["sh", "-c", 'sleep 300 "$0" & sleep 300', marker]
     spec = launch.LaunchSpec(argv=program, env=dict(os.environ), knobs={}, program=program, artifacts=tmp_path,
                              timeout_s=2, kill_grace_s=2)
     result = launch.run(spec)

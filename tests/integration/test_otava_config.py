@@ -34,5 +34,6 @@ def test_one_test_per_series_and_every_query_runs(engine, weeks_of_nights, tmp_p
             columns, rows = list(result.keys()), result.all()
             assert len(rows) == len(weeks_of_nights), name
             assert {template["time_column"], *template["attributes"], *template["metrics"]} <= set(columns)
-    name = otava.test_name("TORCH_ALLTOALL", "deepseek_v3", 2, "FP8_BLOCK_SCALES", 1024, "combine")
+    name = otava.test_name("TORCH_ALLTOALL", "deepseek_v3", 2, "FP8_BLOCK_SCALES", 1024, "combine",
+                           False, False, False, False, False, "cuda_events")
     assert name in config["tests"]

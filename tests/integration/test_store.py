@@ -95,25 +95,35 @@ def test_truncated_output_loads_the_complete_objects_and_records_the_drop(engine
         assert tuple(reason) == ("dropped", "truncated JSON object (it never closes)")
 
 
+KNOBS_SQL = ("cuda_graph, pdl, perfect_router, payload_in_workspace, low_precision_combine, timing_method",
+             "false, false, false, false, false, 'cuda_events'")
+
+
 def test_database_refuses_negative_and_nan_times(engine, data_dir):
     store.load(engine, parse_paths([data_dir / "seed_stdout_2ranks.txt"]), "nightly-1", NIGHT)
-    for bad in ("-1.0", "NaN", "Infinity"):
-        with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="measurement_times_finite_nonnegative"):
+    for bad, constraint in (("-1.0", "measurement_times_finite_nonnegative"), ("NaN", "measurement_times_finite_nonnegative"),
+                            ("Infinity", "measurement_times_finite_nonnegative"), ("0", "measurement_times_positive")):
+        with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match=constraint):
             conn.execute(sa.text(
-                "INSERT INTO measurement (job_pk, backend, local_batch_size, op, mean_us) "
-                f"SELECT job_pk, 'X', 1, 'dispatch', '{{1.0,{bad}}}' FROM job"))
-    with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="measurement_one_value_per_rank"):
+                f"INSERT INTO measurement (job_pk, backend, local_batch_size, op, mean_us, {KNOBS_SQL[0]}) "
+                f"SELECT job_pk, 'X', 1, 'dispatch', '{{1.0,{bad}}}', {KNOBS_SQL[1]} FROM job"))
+    for means, medians in (("{1.0,2.0}", "'{1.0}'"), ("{NULL,NULL}", "NULL")):
+        with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="measurement_one_value_per_rank"):
+            conn.execute(sa.text(
+                f"INSERT INTO measurement (job_pk, backend, local_batch_size, op, mean_us, median_us, {KNOBS_SQL[0]}) "
+                f"SELECT job_pk, 'X', 1, 'dispatch', '{means}', {medians}, {KNOBS_SQL[1]} FROM job"))
+    with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="measurement_timing_method_known"):
         conn.execute(sa.text(
-            "INSERT INTO measurement (job_pk, backend, local_batch_size, op, mean_us, median_us) "
-            "SELECT job_pk, 'X', 1, 'dispatch', '{1.0,2.0}', '{1.0}' FROM job"))
+            f"INSERT INTO measurement (job_pk, backend, local_batch_size, op, mean_us, {KNOBS_SQL[0]}) "
+            f"SELECT job_pk, 'X', 1, 'dispatch', '{{1.0}}', {KNOBS_SQL[1].replace('cuda_events', 'stopwatch')} FROM job"))
 
 
 def test_database_refuses_a_duplicate_measurement(engine, data_dir):
     store.load(engine, parse_paths([data_dir / "seed_stdout_2ranks.txt"]), "nightly-1", NIGHT)
     with engine.connect() as conn, pytest.raises(sa.exc.IntegrityError, match="measurement_pkey"):
         conn.execute(sa.text(
-            "INSERT INTO measurement (job_pk, backend, local_batch_size, op, mean_us) "
-            "SELECT job_pk, backend, local_batch_size, op, mean_us FROM measurement LIMIT 1"))
+            f"INSERT INTO measurement (job_pk, backend, local_batch_size, op, mean_us, {KNOBS_SQL[0]}) "
+            f"SELECT job_pk, backend, local_batch_size, op, mean_us, {KNOBS_SQL[0]} FROM measurement LIMIT 1"))
 
 
 def test_a_failure_mid_load_leaves_nothing_of_that_input(engine, data_dir):

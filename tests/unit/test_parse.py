@@ -102,7 +102,7 @@ def test_invalid_objects_are_dropped_with_their_reasons():
     assert reasons == {
         17: "invalid result object: dispatch_us.rank0: negative time (-3.0)",
         29: "invalid result object: dispatch_us.rank0: not a finite time (nan)",
-        41: "invalid result object: dispatch_us: rank keys [0, 1, 2] do not match EP size 2 (expected rank0..rank1)",
+        41: "invalid result object: dispatch_us: 3 rank keys do not match EP size 2 (expected rank0..rank1)",
         68: "malformed JSON object: Expecting ',' delimiter",
         79: "SOME_FUTURE_BACKEND @ 1280: dispatch_us is 0 on every rank: the phase was not measured",
         91: "invalid result object: dispatch_us.rank1: not a finite time (inf)",
