@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from moecomm_tasks.bench.workload import Routing
 
@@ -159,20 +158,45 @@ class RowFormat:
 
 @dataclass(frozen=True)
 class TokenBags:
-    """Which rows of a buffer belong to which token, for a gather-and-sum per token."""
+    """Which rows of a buffer belong to which token, for a sum per token.
 
-    rows: torch.Tensor
-    offsets: torch.Tensor
+    The rows are split into rounds: round j holds the j-th row of every token that has more than
+    j rows, so within a round every token appears at most once. The sum is then one gather (round
+    0, every token's first row) and one indexed add per further round: a few bandwidth-bound
+    kernels with no atomics competing for one token (the result does not depend on timing). The
+    number of rounds is the most rows one token has (at most the EP size for one row per (token,
+    rank), top-k for one row per (token, expert)).
+    """
+
+    tokens: int
+    rounds: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # (tokens, rows) of each round
+    complete_first: bool  # round 0 holds every token, in order
 
     @classmethod
     def of(cls, token_of_row: torch.Tensor, tokens: int) -> TokenBags:
+        order = torch.argsort(token_of_row, stable=True)
+        sorted_tokens = token_of_row[order]
         counts = torch.bincount(token_of_row, minlength=tokens)
-        return cls(torch.argsort(token_of_row, stable=True), torch.cumsum(counts, 0) - counts)
+        starts = torch.cumsum(counts, 0) - counts
+        ordinal = torch.arange(order.numel(), device=order.device) - starts[sorted_tokens]
+        rounds = []
+        for j in range(int(counts.max()) if counts.numel() else 0):
+            chosen = ordinal == j
+            rounds.append((sorted_tokens[chosen], order[chosen]))
+        complete = bool(rounds) and rounds[0][0].numel() == tokens
+        return cls(tokens, tuple(rounds), complete)
 
     def sum(self, source: torch.Tensor) -> torch.Tensor:
-        """out[t] = sum of the source rows of token t, in one kernel that reads each row once and
-        accumulates in float32 (no atomics, so the result does not depend on timing)."""
-        return F.embedding_bag(self.rows, source, self.offsets, mode="sum")
+        """out[t] = the sum of the source rows of token t (zero for a token without rows)."""
+        if self.complete_first:
+            out = torch.index_select(source, 0, self.rounds[0][1])
+            rest = self.rounds[1:]
+        else:
+            out = torch.zeros(self.tokens, *source.shape[1:], dtype=source.dtype, device=source.device)
+            rest = self.rounds
+        for tokens, rows in rest:
+            out.index_add_(0, tokens, torch.index_select(source, 0, rows))
+        return out
 
 
 def local_weight(weights: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -2,7 +2,7 @@
 # The multi-GPU run of the reference backends (issue 16), on one host with N GPUs.
 # Usage: bash tests/benchmarks/gpu_multi.sh OUT   (from the repository root)
 #
-# EP 2, then 1, then 4 (when there are >= 4 GPUs); profiles deepseek_v3, gpt_oss, deepseek_v4_pro,
+# EP 2 (with >= 2 GPUs), then 1, then 4 (when there are >= 4 GPUs); profiles deepseek_v3, gpt_oss, deepseek_v4_pro,
 # kimi_k3; 128 to 4,096 tokens (x2); every backend (TensorRT-LLM's are skipped where it is not
 # installed); --iter_stats --copy_baseline --a2a_baseline, and --kernel_breakdown for deepseek_v3 at
 # EP 2 (where the targets are: the kernels say why one is missed); then, per EP size, NCCL's
@@ -36,7 +36,8 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 python=${PYTHON:-python3}
 
 gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
-eps="2 1"
+eps="1"
+if [ "${gpus:-0}" -ge 2 ]; then eps="2 1"; fi
 if [ "${gpus:-0}" -ge 4 ]; then eps="2 1 4"; fi
 mpi_flags=""
 if mpirun --version 2>&1 | grep -qi "open mpi\|openrte\|prte"; then mpi_flags="--oversubscribe --bind-to none"; fi
