@@ -165,12 +165,15 @@ class TokenBags:
     0, every token's first row) and one indexed add per further round: a few bandwidth-bound
     kernels with no atomics competing for one token (the result does not depend on timing). The
     number of rounds is the most rows one token has (at most the EP size for one row per (token,
-    rank), top-k for one row per (token, expert)).
+    rank), top-k for one row per (token, expert)). When every token has the same number of rows
+    (one row per (token, expert): top-k each), one gather in token order and a sum over each
+    token's rows do it in two passes however many rows a token has.
     """
 
     tokens: int
     rounds: tuple[tuple[torch.Tensor, torch.Tensor], ...]  # (tokens, rows) of each round
     complete_first: bool  # round 0 holds every token, in order
+    in_token_order: torch.Tensor | None = None  # every row, by token, when all tokens have as many
 
     @classmethod
     def of(cls, token_of_row: torch.Tensor, tokens: int) -> TokenBags:
@@ -184,10 +187,14 @@ class TokenBags:
             chosen = ordinal == j
             rounds.append((sorted_tokens[chosen], order[chosen]))
         complete = bool(rounds) and rounds[0][0].numel() == tokens
-        return cls(tokens, tuple(rounds), complete)
+        uniform = len(rounds) > 1 and complete and bool((counts == len(rounds)).all())
+        return cls(tokens, tuple(rounds), complete, order if uniform else None)
 
     def sum(self, source: torch.Tensor) -> torch.Tensor:
         """out[t] = the sum of the source rows of token t (zero for a token without rows)."""
+        if self.in_token_order is not None:
+            rows = torch.index_select(source, 0, self.in_token_order)
+            return rows.view(self.tokens, len(self.rounds), *source.shape[1:]).sum(dim=1)
         if self.complete_first:
             out = torch.index_select(source, 0, self.rounds[0][1])
             rest = self.rounds[1:]

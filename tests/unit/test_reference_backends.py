@@ -116,6 +116,17 @@ def test_token_bags_sum_each_tokens_rows():
     assert bags.sum(source).float().tolist() == [[10, 12], [6, 7], [14, 17], [0, 0]]
 
 
+@pytest.mark.parametrize("token_of_row", [[1, 0, 1, 0, 2, 2], [0, 1, 2, 2, 0, 1, 1, 0, 2]])
+def test_token_bags_of_tokens_with_as_many_rows_each(token_of_row):
+    """The two-pass path (every token has the same number of rows) sums as the rounds do."""
+    rows = torch.tensor(token_of_row)
+    source = torch.randn(len(token_of_row), 5)
+    bags = TokenBags.of(rows, tokens=3)
+    assert bags.in_token_order is not None
+    expected = torch.stack([source[rows == t].sum(dim=0) for t in range(3)])
+    assert torch.allclose(bags.sum(source), expected, atol=1e-6)
+
+
 def test_symm_mem_is_skipped_on_cpus_with_a_reason(group):
     with pytest.raises(BackendUnavailable, match="needs CUDA GPUs with NVSHMEM; this run uses gloo"):
         TorchSymmMem(0, 1, 16, max_num_tokens_per_rank=64, hidden_size=64, top_k=4)
