@@ -12,6 +12,7 @@ MOECOMM_DATABASE_URL is set. Then it prints the night's results.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import time
 from datetime import datetime, timezone
@@ -72,10 +73,20 @@ def run_dag(logical_date: datetime, airflow_home: Path, matrix: str | None) -> t
     return run.run_id, str(run.state)
 
 
+def require_worker_packages() -> None:
+    """The demo runs benchmarks on this machine: it needs the worker extra, which a control-plane
+    install (`pip install moecomm`) leaves out."""
+    missing = [name for name in ("torch", "mpi4py") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise MoecommError(f"the demo runs the benchmark here, which needs {' and '.join(missing)}: "
+                           "pip install 'moecomm[worker]' (from a checkout: pip install -e '.[dev]')")
+
+
 def run(args: argparse.Namespace) -> int:
     from moecomm_tasks import nightly
     from moecomm_tasks.cli import _engine, console, err_console
 
+    require_worker_packages()
     started = time.monotonic()
     engine = _engine()
     # The tasks run in this process: let them reuse the server started here.
@@ -158,6 +169,7 @@ def regression(args: argparse.Namespace) -> int:
 
     import sqlalchemy as sa
 
+    require_worker_packages()
     started = time.monotonic()
     engine = _engine()
     with engine.begin() as conn:  # a previous demo's nights (and their alerts) make way for this one's

@@ -86,6 +86,13 @@ def executed(log: Path) -> list[tuple[str, str]]:
                       log.read_text(errors="replace"))
 
 
+def maps_torch(pid: int) -> bool:
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:  # the process has ended
+        return False
+
+
 def counts(engine) -> dict[str, int]:
     with engine.connect() as conn:
         return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar()
@@ -95,22 +102,22 @@ def counts(engine) -> dict[str, int]:
 @pytest.mark.parametrize("launcher", ["local", "slurm"])
 def test_the_nightly_on_airflow_services(launcher, request, server_url, database_url, engine, http_sink, tmp_path):
     sink_url, received = http_sink
-    token = uuid.uuid4().hex[:8]  # queue names of this test's own: the broker may be shared
-    queue_a, queue_b, default_queue = f"{token}-node-a", f"{token}-node-b", f"{token}-default"
-    # The Slurm run is made late (its deadline passes while it runs); the local one has time to spare.
-    deadline_s = 15 if launcher == "slurm" else 3600
-    matrix = tmp_path / "matrix.toml"
-    matrix.write_text(MATRIX.format(a=queue_a, b=queue_b, deadline_s=deadline_s, launcher=launcher))
-    extra = {}
-    if launcher == "slurm":
-        extra = request.getfixturevalue("slurm_cluster").env
+    extra = request.getfixturevalue("slurm_cluster").env if launcher == "slurm" else {}
     started = time.monotonic()
     # The services stop before their metadata database is dropped.
     with empty_database(server_url, "airflow_test") as metadata, Processes(tmp_path / "logs") as processes:
+        broker = broker_url(processes)
+        # On a shared broker, queue names of this test's own.
+        prefix = f"{uuid.uuid4().hex[:8]}-" if os.environ.get("MOECOMM_TEST_REDIS_URL") else ""
+        queue_a, queue_b, default_queue = f"{prefix}node-a", f"{prefix}node-b", f"{prefix}default"
+        # The Slurm run is made late (its deadline passes while it runs); the local one has time to spare.
+        deadline_s = 15 if launcher == "slurm" else 3600
+        matrix = tmp_path / "matrix.toml"
+        matrix.write_text(MATRIX.format(a=queue_a, b=queue_b, deadline_s=deadline_s, launcher=launcher))
         services = AirflowServices(tmp_path, processes, {
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata,
-            "AIRFLOW__CELERY__BROKER_URL": broker_url(processes),
+            "AIRFLOW__CELERY__BROKER_URL": broker,
             # Two workers on one host: log servers on ports of their own (one of them serves none).
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": default_queue,
@@ -192,6 +199,8 @@ def test_the_nightly_on_airflow_services(launcher, request, server_url, database
                                           wait_for_text="run_benchmark")
                 assert "moe_comm_nightly" in text and shot.stat().st_size > 20_000
             assert not [body for body in received if not body.get("late")], "no run failed"
+        # The control plane runs without torch: no service process has it loaded (only ranks do).
+        assert not [p.cmdline() for p in processes.leftovers() if maps_torch(p.pid)]
         print(f"\n{launcher}: init {services.timings['init_s']:.0f} s, start-up {start_up_s:.0f} s "
               f"(serving after init {services.timings['serving_s']:.0f} s), run {run_s:.0f} s")
     assert not processes.leftovers() and processes.stragglers == [], processes.stragglers
