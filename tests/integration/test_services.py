@@ -1,8 +1,9 @@
 """The nightly on Airflow's real services, started as the README's native deployment starts them
-(`sql/deploy/native/run-service.sh` with an environment file of the same variables as
+(`sql/deploy/init-roles.sh` on a PostgreSQL server of the test's own, then
+`sql/deploy/native/run-service.sh` with an environment file of the same variables as
 docker-compose.yml): API server, scheduler, DAG processor and two Celery workers on two node
-queues, Redis as the broker, PostgreSQL for Airflow's metadata, Celery's results and moecomm's
-results. The DAG is triggered through the REST API. Run twice: with the local launcher (`mpirun`),
+queues, Redis as the broker, PostgreSQL for Airflow's metadata and Celery's results (role
+airflow) and moecomm's results (written as moecomm_writer, read here as moecomm_reader). The DAG is triggered through the REST API. Run twice: with the local launcher (`mpirun`),
 and with the Slurm launcher (`sbatch --wait` on the tests' own Slurm cluster, as a worker on a
 login node does), so the whole production path runs once. Every process started is gone at the
 end (asserted)."""
@@ -17,16 +18,17 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
 import pytest
 import sqlalchemy as sa
 
 from live import browser
-from live.airflow import AirflowServices, empty_database, example_keys
+from live.airflow import AirflowServices, example_keys
+from live.databases import deployment_databases
 from live.processes import Processes, wait_for
 from live.slurm import free_port
 
 from conftest import require_services
-from moecomm_tasks import db
 
 pytestmark = pytest.mark.integration
 DAG_ID = "moe_comm_nightly"
@@ -93,6 +95,19 @@ def maps_torch(pid: int) -> bool:
         return False
 
 
+def service_memory_mb(processes: Processes) -> tuple[float, float]:
+    """The started processes' (and their children's) resident memory: RSS summed (counting shared
+    pages once per process) and PSS summed (shared pages divided among their sharers)."""
+    rss = pss = 0
+    for proc in processes.leftovers():
+        try:
+            info = proc.memory_full_info()
+        except (psutil.Error, OSError):
+            continue
+        rss, pss = rss + info.rss, pss + info.pss
+    return rss / 2**20, pss / 2**20
+
+
 def counts(engine) -> dict[str, int]:
     with engine.connect() as conn:
         return {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar()
@@ -100,12 +115,13 @@ def counts(engine) -> dict[str, int]:
 
 
 @pytest.mark.parametrize("launcher", ["local", "slurm"])
-def test_the_nightly_on_airflow_services(launcher, request, server_url, database_url, engine, http_sink, tmp_path):
+def test_the_nightly_on_airflow_services(launcher, request, http_sink, tmp_path):
     sink_url, received = http_sink
     extra = request.getfixturevalue("slurm_cluster").env if launcher == "slurm" else {}
     started = time.monotonic()
-    # The services stop before their metadata database is dropped.
-    with empty_database(server_url, "airflow_test") as metadata, Processes(tmp_path / "logs") as processes:
+    # The databases and roles as the README prepares them; the services stop before their server.
+    with deployment_databases(tmp_path / "postgres") as urls, Processes(tmp_path / "logs") as processes:
+        engine = sa.create_engine(urls.reader)
         broker = broker_url(processes)
         # On a shared broker, queue names of this test's own.
         prefix = f"{uuid.uuid4().hex[:8]}-" if os.environ.get("MOECOMM_TEST_REDIS_URL") else ""
@@ -115,13 +131,13 @@ def test_the_nightly_on_airflow_services(launcher, request, server_url, database
         matrix = tmp_path / "matrix.toml"
         matrix.write_text(MATRIX.format(a=queue_a, b=queue_b, deadline_s=deadline_s, launcher=launcher))
         services = AirflowServices(tmp_path, processes, {
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": metadata,
-            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + metadata,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": urls.airflow,
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + urls.airflow,
             "AIRFLOW__CELERY__BROKER_URL": broker,
             # Two workers on one host: log servers on ports of their own (one of them serves none).
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__OPERATORS__DEFAULT_QUEUE": default_queue,
-            "MOECOMM_DATABASE_URL": database_url,
+            "MOECOMM_DATABASE_URL": urls.writer,
             "MOECOMM_MATRIX": str(matrix),
             "MOECOMM_POOL_SLOTS": "2",
             "MOECOMM_FAILURE_WEBHOOK_URL": sink_url,
@@ -137,6 +153,7 @@ def test_the_nightly_on_airflow_services(launcher, request, server_url, database
         services.start("worker-b", "worker", queue_b, "1", "--skip-serve-logs")
         services.wait_until_serving(DAG_ID, ["worker-a", "worker-b"])
         start_up_s = time.monotonic() - started
+        memory_mb = service_memory_mb(processes)
 
         with services.client() as api:
             assert api.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).status_code == 200
@@ -202,5 +219,7 @@ def test_the_nightly_on_airflow_services(launcher, request, server_url, database
         # The control plane runs without torch: no service process has it loaded (only ranks do).
         assert not [p.cmdline() for p in processes.leftovers() if maps_torch(p.pid)]
         print(f"\n{launcher}: init {services.timings['init_s']:.0f} s, start-up {start_up_s:.0f} s "
-              f"(serving after init {services.timings['serving_s']:.0f} s), run {run_s:.0f} s")
+              f"(serving after init {services.timings['serving_s']:.0f} s), run {run_s:.0f} s; "
+              f"services' memory when serving: {memory_mb[0]:.0f} MB RSS, {memory_mb[1]:.0f} MB PSS")
+        engine.dispose()
     assert not processes.leftovers() and processes.stragglers == [], processes.stragglers
