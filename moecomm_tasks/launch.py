@@ -238,10 +238,14 @@ def cancel_slurm_job(spec: LaunchSpec) -> str | None:
     if cancelled.returncode != 0:
         return (f"{' '.join(spec.cancel_argv)} exited with status {cancelled.returncode}: "
                 f"{cancelled.stderr.strip()[-500:]}; job {spec.slurm_job_name} may still run")
+    holds = None
     while time.monotonic() < deadline:
-        if _slurm_holds(spec) is False:
+        holds = _slurm_holds(spec)
+        if holds is False:
             return None
         time.sleep(0.5)
+    if holds is None:
+        return f"squeue did not answer after job {spec.slurm_job_name} was cancelled; it may still run"
     return f"job {spec.slurm_job_name} was cancelled but Slurm still held it after {CANCEL_TIMEOUT_S} s"
 
 

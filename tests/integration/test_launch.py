@@ -6,6 +6,8 @@ import os
 import re
 import shlex
 import sys
+import threading
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -119,14 +121,31 @@ def test_a_hung_slurm_job_is_cancelled_and_leaves_no_process(slurm_cluster, mode
     monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
     config = slurm_matrix(mode, timeout_s=8, kill_grace_s=2, worker_args=SMALL + ["--iters", "100000000"])
     spec = launch.build(config, config.jobs()[0], tmp_path / "job")
-    result = launch.run(spec)
+    with _watching(str(spec.output_file)) as seen:
+        result = launch.run(spec)
     assert result.timed_out and result.cancel_problem is None
-    # The ranks had started (rank 0 printed the run header) under slurmstepd, outside the launch's
-    # session, and are gone.
-    assert spec.stdout.read_text().startswith("{"), spec.stderr.read_text()[-2000:]
+    # Both ranks ran (under slurmstepd, outside the launch's session) and are gone.
+    assert len(seen) >= 2, (seen, spec.stderr.read_text()[-2000:])
     assert not _processes_mentioning(str(spec.output_file))
     assert slurm_cluster.states(spec.slurm_job_name) == ["CANCELLED"]
     assert not slurm_cluster.jobs()
+
+
+def test_a_cancel_that_fails_is_reported(slurm_cluster, tmp_path):
+    """The controller is gone when the job times out: scancel fails, the task is told that the job
+    may still run, and the launch's own processes are killed all the same."""
+    unreachable = tmp_path / "slurm.conf"
+    unreachable.write_text(re.sub(r"(?m)^SlurmctldPort=.*$", "SlurmctldPort=9", slurm_cluster.conf.read_text())
+                           + "MessageTimeout=1\nTCPTimeout=1\n")
+    marker = str(tmp_path / "marker")
+    program = [sys.executable, "-c", "import time, sys; time.sleep(300)", marker]
+    spec = launch.LaunchSpec(argv=program, env={**os.environ, "SLURM_CONF": str(unreachable)}, knobs={}, program=program,
+                             artifacts=tmp_path, timeout_s=2, kill_grace_s=2, slurm_job_name="moecomm-gone-0a0a0a",
+                             cancel_argv=["scancel", "--name=moecomm-gone-0a0a0a"])
+    result = launch.run(spec)
+    assert result.timed_out and result.leftover_killed == 1 and not _processes_mentioning(marker)
+    assert result.cancel_problem.startswith("scancel --name=moecomm-gone-0a0a0a exited with status 1")
+    assert result.cancel_problem.endswith("job moecomm-gone-0a0a0a may still run")
 
 
 @pytest.mark.parametrize("mode", ["srun", "sbatch"])
@@ -150,6 +169,26 @@ def test_a_gpu_request_on_a_cluster_without_gpus_is_refused_with_slurms_message(
     result = launch.run(launch.build(config, config.jobs()[0], tmp_path))
     assert result.returncode == 1 and not result.timed_out
     assert result.launcher_error == "sbatch: error: Invalid generic resource (gres) specification"
+
+
+@contextmanager
+def _watching(text: str):
+    """The ids of the rank processes whose command line mentions `text`, sampled while the block runs."""
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.2):
+            # The ranks themselves (python), not srun, whose arguments name the file too.
+            seen.update(p.pid for p in _processes_mentioning(text) if Path(p.info["cmdline"][0]).name.startswith("python"))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        thread.join()
 
 
 def _processes_mentioning(text: str) -> list[psutil.Process]:
