@@ -110,6 +110,7 @@ def ranks_on_cpus(job: Job) -> bool:
 
 
 def slurm_job_name(job: Job) -> str:
+    """A name no other launch shares (scancel --name cancels every job of that name, as root any user's)."""
     return f"moecomm-{job.name}-{secrets.token_hex(3)}"
 
 
@@ -301,5 +302,5 @@ def run(spec: LaunchSpec) -> LaunchResult:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-    error = launcher_error(spec) if (spec.cancel_argv and not timed_out and returncode != 0) else None
+    error = launcher_error(spec) if (spec.slurm_job_name and not timed_out and returncode != 0) else None
     return LaunchResult(returncode, timed_out, time.monotonic() - started, leftover, error, cancel_problem)

@@ -203,8 +203,9 @@ def test_timeout_kills_every_process_of_the_launch(tmp_path):
     marker = str(tmp_path / "marker")
     program = [sys.executable, "-c",
                "import subprocess, sys, time; subprocess.Popen(['sleep', '300', sys.argv[1]]); time.sleep(300)", marker]
+    # 5 s: time enough for the child to start on a busy machine.
     spec = launch.LaunchSpec(argv=program, env=dict(os.environ), knobs={}, program=program, artifacts=tmp_path,
-                             timeout_s=2, kill_grace_s=2)
+                             timeout_s=5, kill_grace_s=2)
     result = launch.run(spec)
     assert result.timed_out and result.returncode is None and result.leftover_killed == 2
     assert not _processes_mentioning(marker)

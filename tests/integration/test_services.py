@@ -3,10 +3,11 @@
 `sql/deploy/native/run-service.sh` with an environment file of the same variables as
 docker-compose.yml): API server, scheduler, DAG processor and two Celery workers on two node
 queues, Redis as the broker, PostgreSQL for Airflow's metadata and Celery's results (role
-airflow) and moecomm's results (written as moecomm_writer, read here as moecomm_reader). The DAG is triggered through the REST API. Run twice: with the local launcher (`mpirun`),
-and with the Slurm launcher (`sbatch --wait` on the tests' own Slurm cluster, as a worker on a
-login node does), so the whole production path runs once. Every process started is gone at the
-end (asserted)."""
+airflow) and moecomm's results (written as moecomm_writer, read here as moecomm_reader). The DAG
+is triggered through the REST API. Run twice: with the local launcher (`mpirun`), and with the
+Slurm launcher (`sbatch --wait` on the tests' own Slurm cluster, as a worker on a login node
+does), so the whole production path runs once. Every process started is gone at the end
+(asserted)."""
 
 from __future__ import annotations
 
@@ -25,10 +26,10 @@ import sqlalchemy as sa
 from live import browser
 from live.airflow import AirflowServices, example_keys
 from live.databases import deployment_databases
-from live.processes import Processes, wait_for
-from live.slurm import free_port
+from live.processes import Processes, free_port, wait_for
 
 from conftest import require_services
+from moecomm_tasks.names import safe_name
 
 pytestmark = pytest.mark.integration
 DAG_ID = "moe_comm_nightly"
@@ -186,7 +187,7 @@ def test_the_nightly_on_airflow_services(launcher, request, http_sink, tmp_path)
                 command = conn.execute(sa.text("SELECT DISTINCT command[1] FROM provenance")).scalars().all()
             assert len(jobs) == 4 and {j.state for j in jobs} == {"succeeded"} and all(j.measurements == 8 for j in jobs)
             assert len(command) == 1 and command[0].endswith("sbatch" if launcher == "slurm" else "mpirun"), command
-            report = tmp_path / "airflow" / "logs" / "moecomm" / "reports" / re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)
+            report = tmp_path / "airflow" / "logs" / "moecomm" / "reports" / safe_name(run_id)
             assert (report / "index.html").exists()
 
             # The same logical date again: Airflow refuses a second run; re-running the run itself
@@ -208,6 +209,7 @@ def test_the_nightly_on_airflow_services(launcher, request, http_sink, tmp_path)
             if launcher == "slurm":
                 late = wait_for("the late-run report", lambda: [b for b in received if b.get("late")], 60)
                 assert len(late) == 1 and run_id in late[0]["text"] and "15 s after it was queued" in late[0]["text"]
+                assert "state running" in late[0]["text"], late[0]["text"]
             else:
                 assert late == []
                 shot = ARTIFACTS / "airflow-grid.png"

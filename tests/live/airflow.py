@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from live.processes import Processes, wait_for
-from live.slurm import free_port
+
+from live.processes import Processes, free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 NATIVE = ROOT / "sql" / "deploy" / "native"

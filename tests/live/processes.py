@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 import uuid
@@ -23,6 +24,13 @@ import psutil
 
 MARKER = "MOECOMM_TEST_PROCESSES"
 T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a service of the test's own)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def wait_for(what: str, probe: Callable[[], T], timeout_s: float, interval_s: float = 0.5,

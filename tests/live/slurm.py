@@ -18,7 +18,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from live.processes import Processes, wait_for
+from live.processes import Processes, free_port, wait_for
 
 PROGRAMS = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "scancel", "squeue", "sinfo")
 NODE_CPUS = 8
@@ -33,12 +33,6 @@ def missing() -> str | None:
     if os.geteuid() != 0:
         return "the test cluster's slurmd runs as root (as in CI)"
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
