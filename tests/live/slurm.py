@@ -20,7 +20,7 @@ from pathlib import Path
 
 from live.processes import Processes, free_port, wait_for
 
-PROGRAMS = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "scancel", "squeue", "sinfo")
+PROGRAMS = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "scancel", "squeue", "sinfo", "scontrol")
 NODE_CPUS = 8
 START_TIMEOUT_S = 30
 
