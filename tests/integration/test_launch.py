@@ -201,8 +201,10 @@ def _processes_mentioning(text: str) -> list[psutil.Process]:
 
 def test_timeout_kills_every_process_of_the_launch(tmp_path):
     marker = str(tmp_path / "marker")
-    program = [sys.executable, "-c",
-               "import subprocess, sys, time; subprocess.Popen(['sleep', '300', sys.argv[1]]); time.sleep(300)", marker]
+    # The child sleeps with the marker among its arguments (`sleep 300 MARKER` would exit at once,
+    # and whether the parent had reaped it when the session is killed was a race).
+    child = "[sys.executable, '-c', 'import time; time.sleep(300)', sys.argv[1]]"
+    program = [sys.executable, "-c", f"import subprocess, sys, time; subprocess.Popen({child}); time.sleep(300)", marker]
     # 5 s: time enough for the child to start on a busy machine.
     spec = launch.LaunchSpec(argv=program, env=dict(os.environ), knobs={}, program=program, artifacts=tmp_path,
                              timeout_s=5, kill_grace_s=2)
