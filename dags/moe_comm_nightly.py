@@ -7,7 +7,8 @@ nodes: `plan__<queue>` expands the matrix, one mapped `run_benchmark__<queue>` t
 `mpirun` on the node that owns the queue (a pool caps the total), keeps stdout, stderr and the
 output file, and loads the results under this DAG run's id. `analyze`, `report` and `verdict` run
 whatever failed before them and read the database, not the failed tasks' XComs; `verdict` fails
-the run when any planned job did not succeed, which calls the failure notifier.
+the run when any planned job did not succeed, which calls the failure notifier. A run still going
+`deadline_s` (the matrix's) after it was queued is reported late.
 
 Manual runs take params to run a subset: `backends`, `profiles`, `ep_sizes`.
 """
@@ -19,6 +20,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
+from moecomm_tasks.deadline import deadline_alert
 from moecomm_tasks.matrix import load_matrix
 from moecomm_tasks.notifiers import RunFailureNotifier
 
@@ -46,6 +48,7 @@ FINAL_FAILURES = ExceptionRetryPolicy(rules=[
     tags=["moecomm", "benchmark", "nightly"],
     doc_md=__doc__,
     on_failure_callback=RunFailureNotifier(),
+    deadline=deadline_alert(MATRIX.deadline_s),
     default_args={"retries": MATRIX.retries, "retry_delay": timedelta(seconds=MATRIX.retry_delay_s),
                   "execution_timeout": timedelta(minutes=10)},
     params={

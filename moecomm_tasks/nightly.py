@@ -102,9 +102,14 @@ def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: 
     parsed = parse.parse_paths([path for path in (spec.stdout, spec.stderr, spec.output_file) if path.is_file()])
     error = None
     if result.timed_out:
-        error = f"timed out after {job.timeout_s} s; all {result.leftover_killed} processes of the launch were killed"
+        error = f"timed out after {job.timeout_s} s; "
+        if spec.slurm_job_name:
+            error += f"Slurm job {spec.slurm_job_name} cancelled ({result.cancel_problem or 'ended'}); "
+        error += f"all {result.leftover_killed} processes of the launch were killed"
     elif result.returncode != 0:
         error = f"the benchmark exited with status {result.returncode}"
+        if result.launcher_error:
+            error += f" ({result.launcher_error})"
     if not parsed.jobs:
         parsed = ParsedOutput(jobs=(ParsedJob(expected_header(spec.program, job)),), dropped=parsed.dropped,
                               failures=parsed.failures, reports_written=parsed.reports_written,

@@ -126,3 +126,25 @@ def load_weeks_of_nights(engine, nights: int = 28, step_at: int = 23):
 @pytest.fixture
 def weeks_of_nights(engine):
     return load_weeks_of_nights(engine)
+
+
+def require_services(reason: str | None, what: str) -> None:
+    """Skip (or, with MOECOMM_REQUIRE_SERVICES=1 as in CI, fail) when `what` cannot run here."""
+    if reason:
+        if os.environ.get("MOECOMM_REQUIRE_SERVICES") == "1":  # CI installs everything: never skip there
+            pytest.fail(f"{what} is required and cannot start: {reason}")
+        pytest.skip(f"{what} cannot start: {reason}; CI runs this test")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory: pytest.TempPathFactory):
+    """A one-node Slurm cluster of the tests' own (tests/live/slurm.py), for the whole session;
+    every process it started is gone afterwards."""
+    from live import slurm
+    from live.processes import Processes
+
+    require_services(slurm.missing(), "a Slurm cluster")
+    root = tmp_path_factory.mktemp("slurm")
+    with Processes(root / "logs") as processes:
+        yield slurm.SlurmCluster(root, processes).start()
+    assert not processes.leftovers(), "processes of the Slurm cluster outlived it"

@@ -3,5 +3,5 @@
 # schema (as the writer role).
 set -euo pipefail
 airflow db migrate
-airflow pools set moe_gpu 1 "moecomm: benchmark jobs running at once"
+airflow pools set moe_gpu "${MOECOMM_POOL_SLOTS:-1}" "moecomm: benchmark jobs running at once"
 moecomm db upgrade

@@ -36,6 +36,8 @@ print(json.dumps({
     "schedule": dag.timetable.expression, "schedule_tz": str(dag.timetable.timezone), "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
     "tz": str(dag.start_date.tzinfo), "tags": sorted(dag.tags), "doc": bool(dag.doc_md),
     "on_failure": type(dag.on_failure_callback).__name__, "params": sorted(dag.params.keys()),
+    "deadlines": [[type(d.reference).__name__, d.interval.total_seconds(), d.callback.path, d.callback.kwargs]
+                  for d in dag.deadline or []],
     "tasks": {t.task_id: {
         "timeout": t.execution_timeout.total_seconds() if t.execution_timeout else None,
         "queue": t.queue, "pool": t.pool, "trigger_rule": getattr(t.trigger_rule, "value", t.trigger_rule), "retries": t.retries,
@@ -65,6 +67,9 @@ def test_dag_imports_without_a_database_and_follows_the_policy(tmp_path):
     assert facts["tz"] == "UTC" and facts["schedule_tz"] == "UTC" and facts["doc"] and "nightly" in facts["tags"]
     assert facts["on_failure"] == "RunFailureNotifier"
     assert facts["params"] == ["backends", "ep_sizes", "profiles"]
+    # A run still going 6 hours after it was queued is reported late (the matrix's deadline_s).
+    assert facts["deadlines"] == [["DagRunQueuedAtDeadline", 6 * 3600.0, "moecomm_tasks.deadline.report_late_run",
+                                   {"deadline_s": 6 * 3600}]]
     tasks = facts["tasks"]
     assert set(tasks) == {"plan__gpu-node-1", "run_benchmark__gpu-node-1", "analyze", "report", "verdict"}
     assert all(t["timeout"] for t in tasks.values()), "every task has an execution_timeout"

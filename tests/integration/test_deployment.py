@@ -123,3 +123,19 @@ def test_grafana_is_provisioned_from_the_repository(compose):
     home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert (ROOT / "sql/deploy/grafana/dashboards" / Path(home).name).is_file()
     assert grafana["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+def test_the_native_deployment_uses_the_same_variables(compose):
+    """sql/deploy/native/services.env.example (the environment of run-service.sh) names the same
+    variables as every Airflow service of docker-compose.yml, plus AIRFLOW_HOME (the image's)."""
+    native = {line.split("=", 1)[0] for line in (ROOT / "sql/deploy/native/services.env.example").read_text().splitlines()
+              if line and not line.startswith("#")}
+    assert native == set(compose["x-airflow-common"]["environment"]) | {"AIRFLOW_HOME"}
+    script = (ROOT / "sql/deploy/native/run-service.sh").read_text()
+    # The same commands as the compose services run.
+    for name, service in compose["services"].items():
+        command = service.get("command") or []
+        if command[:1] == ["airflow"] and command[1] != "celery":
+            assert f"{command[1]})" in script or f"|{command[1]}" in script or f"{command[1]}|" in script, name
+    assert 'exec airflow celery worker --queues "$queues" --concurrency "$concurrency"' in script
+    assert 'exec bash "$here/../airflow-init.sh"' in script
