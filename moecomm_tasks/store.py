@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 PROVENANCE_COLUMNS = (
     "gpu_model", "gpu_count", "driver_version", "cuda_version", "nccl_version", "torch_version",
-    "trtllm_version", "trtllm_commit", "hosts", "command", "environment",
+    "trtllm_version", "trtllm_commit", "hosts", "build_name", "build_commit", "build_version", "command", "environment",
 )
 MEASUREMENT_COLUMNS = (
     "job_pk", "backend", "local_batch_size", "op",

@@ -1,0 +1,232 @@
+"""Bisection end to end: real `mpirun` ranks (2, gloo on CPU), the real worker, a real PostgreSQL,
+a real HTTP server for the follow-up, and (through `moecomm bisect`) a real Airflow `dag.test()`.
+
+The catalog's builds all use this Python; they differ by worker arguments: from the fifth on,
+`--extra_combine_passes 50` adds real passes over the combine output (about 2.3x the combine
+time of this small shape here). Each test starts from an alert row between two nights that ran
+known builds (the detector would need three weeks of nights to raise it).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from moecomm_tasks import alerts, bisection, bisection_report, store
+from moecomm_tasks.errors import MoecommError
+from moecomm_tasks.matrix import parse_matrix
+from moecomm_tasks.records import ParsedJob, ParsedOutput, RunHeader, Stats, Timing
+
+pytestmark = pytest.mark.integration
+
+SERIES = {"backend": "TORCH_ALLTOALL", "profile": "gpt_oss", "ep_size": 2, "quant_algo": "W4A8_MXFP4_MXFP8",
+          "local_batch_size": 32, "op": "combine", "gpu_model": ""}
+SLOWER = ["--extra_combine_passes", "50"]
+
+
+def catalog(slower_from: int | None, n: int = 8, broken: set[int] = frozenset()) -> list[dict]:
+    """`n` builds b1..bn, oldest first; from build `slower_from` on, combine does more real work;
+    the builds in `broken` name an interpreter that does not exist."""
+    return [{"name": f"b{i}", "commit": f"c{i:02d}", "python": "/nonexistent/venv/bin/python" if i in broken
+             else sys.executable, "env": {"MOECOMM_BUILD_LABEL": f"b{i}"},
+             "worker_args": SLOWER if slower_from is not None and i >= slower_from else []} for i in range(1, n + 1)]
+
+
+def matrix_data(builds: list[dict]) -> dict:
+    return {
+        "backends": ["TORCH_ALLTOALL"], "profiles": ["gpt_oss"], "ep_sizes": [2], "timeout_s": 120, "kill_grace_s": 3,
+        "worker_args": ["--device", "cpu", "--hidden_size", "512"],
+        "sweep": {"min": 32, "max": 32, "iters": 40, "warmup": 3, "iter_stats": True},
+        "launcher": {"kind": "local", "oversubscribe": True},
+        "builds": builds,
+    }
+
+
+def night(engine, run_id: str, run_at: datetime, build: str, combine_us: float) -> None:
+    """A night of the alert's job as the nightly DAG stores it, with the build it ran."""
+    header = RunHeader(profile="gpt_oss", ep_size=2, hidden_size=512, top_k=4, num_experts=128,
+                       quant_algo="W4A8_MXFP4_MXFP8", dtype="torch.bfloat16", local_batch_sizes=(32,),
+                       backend="TORCH_ALLTOALL")
+    timings = tuple(Timing("TORCH_ALLTOALL", 32, op, rank, Stats(us, us, us * 0.05, us * 0.9, us * 1.5))
+                    for op, us in (("dispatch", 640.0), ("combine", combine_us)) for rank in range(2))
+    store.load(engine, ParsedOutput(jobs=(ParsedJob(header, timings),)), run_id, run_at,
+               provenance={"build_name": build, "build_commit": f"c{int(build[1:]):02d}"})
+
+
+def alert_between(engine, good_build: str, bad_build: str, change_pct: float = 130.0,
+                  direction: str = "regression", detected: str | None = None) -> int:
+    """Two nights (`good_build`'s, then `bad_build`'s) and a regression alert between them."""
+    start = datetime(2026, 11, 1, 2, 0, tzinfo=timezone.utc)
+    good_run, bad_run = f"night-{good_build}", f"night-{bad_build}"
+    night(engine, good_run, start, good_build, 540.0)
+    night(engine, bad_run, start + timedelta(days=1), bad_build, 540.0 * (1 + change_pct / 100))
+    with engine.begin() as conn:
+        return conn.execute(sa.text("""
+            INSERT INTO alert (backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, direction,
+                               change_pct, confidence, baseline_us, after_us, last_good_run_id, first_bad_run_id,
+                               detected_run_id)
+            VALUES (:backend, :profile, :ep_size, :quant_algo, :local_batch_size, :op, :gpu_model, :direction, :change,
+                    0.999, 540.0, :after, :good, :bad, :detected) RETURNING alert_pk"""),
+            {**SERIES, "direction": direction, "change": change_pct, "after": 540.0 * (1 + change_pct / 100),
+             "good": good_run, "bad": bad_run, "detected": detected or bad_run}).scalar_one()
+
+
+def test_eight_builds_the_fifth_slower_names_the_fifth_within_four_probes(engine, tmp_path, http_sink):
+    url, received = http_sink
+    matrix = parse_matrix(matrix_data(catalog(slower_from=5)))
+    alert_id = alert_between(engine, "b1", "b8")
+
+    outcome = bisection.run(engine, matrix, alert_id, requested_by="test", artifacts_in=tmp_path)
+    assert (outcome.state, outcome.last_good_build, outcome.first_bad_build) == ("culprit", "b4", "b5"), outcome.reason
+    assert outcome.probes <= 4
+
+    with engine.connect() as conn:
+        verdict = conn.execute(sa.text("SELECT * FROM bisection_verdict WHERE alert_id = :a"), {"a": alert_id}).one()
+        probes = conn.execute(sa.text("SELECT * FROM bisection_probe ORDER BY seq")).all()
+        runs = conn.execute(sa.text("SELECT run_id, kind, excluded FROM run WHERE run_id LIKE 'bisect-%'")).all()
+        in_views = conn.execute(sa.text("""
+            SELECT (SELECT count(*) FROM nightly_series WHERE run_id LIKE 'bisect-%')
+                 + (SELECT count(*) FROM measurement_flat WHERE run_id LIKE 'bisect-%')
+                 + (SELECT count(*) FROM kernel_flat WHERE run_id LIKE 'bisect-%')""")).scalar()
+        stored = conn.execute(sa.text("""
+            SELECT r.run_id, j.state, p.build_name, p.build_commit, p.command, p.environment
+            FROM run r JOIN job j USING (run_pk) JOIN provenance p USING (job_pk) WHERE r.kind = 'bisection'""")).all()
+        measured = conn.execute(sa.text("""
+            SELECT count(*) FROM measurement m JOIN job j USING (job_pk) JOIN run r USING (run_pk)
+            WHERE r.kind = 'bisection' AND m.op = 'combine'""")).scalar()
+    assert (verdict.state, verdict.first_bad_build, verdict.commit_range, verdict.probes) == ("culprit", "b5", "c04..c05",
+                                                                                              outcome.probes)
+    assert verdict.max_probes == 4
+    # The ends, then the middle of what is left: b4 (good), b6 (bad), b5 (bad).
+    assert [(p.build_name, p.role, p.outcome) for p in probes] == [
+        ("b1", "good_end", "good"), ("b8", "bad_end", "bad"), ("b4", "probe", "good"), ("b6", "probe", "bad"),
+        ("b5", "probe", "bad")]
+    assert all(len(p.values_us) >= 3 and len(p.run_ids) == len(p.values_us) for p in probes)
+    # The slower builds measure slower, on real ranks.
+    medians = {p.build_name: bisection_report.evidence([p])[0]["median_us"] for p in probes}
+    assert medians["b5"] > 1.5 * medians["b4"] and medians["b8"] > 1.5 * medians["b1"]
+
+    # Every repetition is a bisection run stored like any job's, with the build it ran ...
+    assert len(runs) == sum(len(p.run_ids) for p in probes) == len(stored) == measured
+    assert all(r.kind == "bisection" and r.excluded for r in runs)
+    assert all(s.state == "succeeded" for s in stored)
+    for s in stored:
+        build = s.run_id.split("-")[3]
+        assert (s.build_name, s.build_commit) == (build, f"c{int(build[1:]):02d}")
+        assert s.environment["MOECOMM_BUILD_LABEL"] == build
+        assert ("--extra_combine_passes" in s.command) == (int(build[1:]) >= 5)
+    # ... and left out of the views and the detector: the nightly series has the two nights only.
+    assert in_views == 0
+    assert alerts.run_detection(engine) == []
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(DISTINCT run_id) FROM nightly_series")).scalar() == 2
+    with pytest.raises(MoecommError, match="bisection runs stay excluded"):
+        alerts.set_excluded(engine, runs[0].run_id, None)
+
+    # The verdict is shown with the alert and sent as a follow-up to its digest.
+    listed = {row.id: row for row in alerts.list_alerts(engine)}[alert_id]
+    assert bisection_report.short(listed.bisection_state, listed.first_bad_build, listed.commit_range) == \
+        "culprit b5 (c04..c05)"
+    sent = bisection_report.follow_up(engine, alert_id, "test", env={"MOECOMM_ALERT_WEBHOOK_URL": url})
+    assert sent["notified"] == {"webhook": "sent"}
+    assert received[-1]["kind"] == "bisection" and received[-1]["first_bad_build"] == "b5"
+    assert received[-1]["commit_range"] == "c04..c05" and received[-1]["title"].startswith("moecomm night-b8, alert #")
+    assert [e["build"] for e in received[-1]["evidence"]] == [p.build_name for p in probes]
+    assert (tmp_path / "bisections").is_dir()
+
+
+def test_a_build_whose_interpreter_is_missing_is_reported_failed(engine, tmp_path):
+    matrix = parse_matrix(matrix_data(catalog(slower_from=3, n=3, broken={3})))
+    alert_id = alert_between(engine, "b1", "b3")
+
+    outcome = bisection.run(engine, matrix, alert_id, requested_by="test", artifacts_in=tmp_path)
+    assert outcome.state == "failed" and outcome.probes == 0
+    assert outcome.reason.startswith("the bad end b3 failed to run: TORCH_ALLTOALL-gpt_oss-ep2: the benchmark exited")
+    assert "/nonexistent/venv/bin/python" in outcome.reason and "nothing was bisected" in outcome.reason
+    with engine.connect() as conn:
+        failed = conn.execute(sa.text("SELECT * FROM bisection_probe WHERE outcome = 'failed'")).one()
+        job = conn.execute(sa.text("""
+            SELECT j.state, j.error FROM job j JOIN run r USING (run_pk) WHERE r.run_id = :run"""),
+            {"run": failed.run_ids[-1]}).one()
+    assert failed.build_name == "b3" and failed.values_us == [None] and "/nonexistent/venv/bin/python" in failed.error
+    assert job.state == "failed" and job.error.startswith("the benchmark exited with status")
+
+
+def test_no_build_differs_ends_inconclusive_through_the_dag(engine, database_url, tmp_path, http_sink):
+    """`moecomm bisect`: the bisection DAG in-process (dag.test), the follow-up, `moecomm alerts`."""
+    url, received = http_sink
+    matrix = tmp_path / "matrix.toml"
+    matrix.write_text(toml(matrix_data(catalog(slower_from=None))))
+    alert_id = alert_between(engine, "b1", "b8")
+    improvement = alert_between(engine, "b2", "b7", change_pct=-20.0, direction="improvement")
+    env = dict(os.environ, MOECOMM_DATABASE_URL=database_url, MOECOMM_ALERT_WEBHOOK_URL=url,
+               MOECOMM_ARTIFACTS=str(tmp_path / "artifacts"))
+    moecomm = str(Path(sys.executable).parent / "moecomm")
+
+    refused = subprocess.run([moecomm, "bisect", str(improvement), "--matrix", str(matrix)], capture_output=True,
+                             text=True, timeout=120, env=env)
+    assert refused.returncode == 3 and f"alert {improvement} is an improvement" in refused.stderr
+
+    done = subprocess.run([moecomm, "bisect", str(alert_id), "--matrix", str(matrix), "--airflow-home",
+                           str(tmp_path / "airflow")], capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Bisection #" in done.stdout and ": inconclusive" in done.stdout
+    assert "the regression does not reproduce between b1 and b8" in done.stdout
+    assert "DAG run manual__" in done.stdout and ": success" in done.stdout
+    with engine.connect() as conn:
+        verdict = conn.execute(sa.text("SELECT * FROM bisection_verdict WHERE alert_id = :a"), {"a": alert_id}).one()
+    assert verdict.state == "inconclusive" and verdict.probes == 0 and verdict.requested_by.startswith("manual__")
+    assert received and received[-1]["state"] == "inconclusive" and received[-1]["alert_id"] == alert_id
+
+    listed = subprocess.run([moecomm, "alerts", "list"], capture_output=True, text=True, timeout=120, env=env)
+    assert listed.returncode == 0
+    line = next(line for line in listed.stdout.splitlines() if line.split() and line.split()[0] == str(alert_id))
+    assert line.rstrip().endswith("inconclusive")
+
+
+def toml(data: dict) -> str:
+    """The test's matrix as a TOML file: top-level values, then its tables, then [[builds]]."""
+    def value(v) -> str:  # JSON's strings, numbers, booleans and lists read the same in TOML
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        return json.dumps(v)
+
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines = [f"{k} = {value(v)}" for k, v in data.items() if k not in tables and k != "builds"]
+    for name, table in tables.items():
+        lines += [f"[{name}]"] + [f"{k} = {value(v)}" for k, v in table.items()]
+    for build in data["builds"]:
+        lines += ["[[builds]]"] + [f"{k} = {value(v)}" for k, v in build.items()]
+    return "\n".join(lines) + "\n"
+
+
+def test_eligible_alerts_are_new_regressions_with_builds_between(engine):
+    matrix = parse_matrix(matrix_data(catalog(slower_from=5)))
+    between = alert_between(engine, "b1", "b8", detected="night-b8")
+    adjacent = alert_between(engine, "b3", "b4")
+    improvement = alert_between(engine, "b2", "b6", change_pct=-20.0, direction="improvement", detected="night-b8")
+    unrecorded = alert_between(engine, "b5", "b7", detected="night-b8")
+    with engine.begin() as conn:  # as a night before builds were recorded
+        conn.execute(sa.text("UPDATE provenance SET build_name = NULL WHERE job_pk IN (SELECT job_pk FROM job j "
+                             "JOIN run r USING (run_pk) WHERE r.run_id = 'night-b5')"))
+    assert bisection.eligible(engine, matrix, "night-b8") == [between]
+    assert bisection.eligible(engine, matrix, "night-b4") == []  # adjacent builds: nothing between
+    assert bisection.plan(engine, matrix, adjacent).inner == 0
+    with pytest.raises(bisection.BisectionError, match="is an improvement"):
+        bisection.plan(engine, matrix, improvement)
+    with pytest.raises(bisection.BisectionError, match="recorded no build"):
+        bisection.plan(engine, matrix, unrecorded)
+    # Bisected once, never handed over again.
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO bisection (alert_pk, requested_by, good_build, bad_build, builds, max_probes, "
+                             "settings) VALUES (:a, 'x', 'b1', 'b8', '[]', 4, '{}')"), {"a": between})
+    assert bisection.eligible(engine, matrix, "night-b8") == []
+    with pytest.raises(bisection.BisectionError, match="is being bisected already"):
+        bisection.run(engine, matrix, between, requested_by="again")
