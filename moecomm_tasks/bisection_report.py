@@ -69,9 +69,10 @@ def text(verdict: sa.Row, probes: Sequence[sa.Row]) -> str:
     elif verdict.state != "running":
         lines.append(f"  the first bad build is after {verdict.last_good_build}, at or before {verdict.first_bad_build}")
     lines += [f"  {verdict.reason or 'running'}",
-              f"Probes: {verdict.probes} of at most {verdict.max_probes}; {settings.get('test', '')}, alpha "
-              f"{settings.get('alpha')}, {settings.get('repetitions')} to {settings.get('max_repetitions')} "
-              "repetitions a build",
+              f"Probes: {verdict.probes} of at most {verdict.max_probes}, {settings.get('repetitions')} to "
+              f"{settings.get('max_repetitions')} repetitions a build",
+              f"Test: {settings.get('test', '')}, alpha {settings.get('alpha')}; p slower: than the good end, "
+              "p faster: than the bad end, position: 0 at the good end's level, 1 at the bad end's",
               f"  {'build':<16} {'role':<9} {'outcome':<10} {'reps':>4} {'median µs':>11} {'p slower':>9} "
               f"{'p faster':>9} {'position':>8}"]
     for item in evidence(probes):

@@ -9,8 +9,11 @@ known builds (the detector would need three weeks of nights to raise it).
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
+import socket
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -18,8 +21,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from aiosmtpd.controller import Controller
 
 from moecomm_tasks import alerts, bisection, bisection_report, store
+from moecomm_tasks.bisection_search import TEST
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.matrix import parse_matrix
 from moecomm_tasks.records import ParsedJob, ParsedOutput, RunHeader, Stats, Timing
@@ -230,3 +235,84 @@ def test_eligible_alerts_are_new_regressions_with_builds_between(engine):
     assert bisection.eligible(engine, matrix, "night-b8") == []
     with pytest.raises(bisection.BisectionError, match="is being bisected already"):
         bisection.run(engine, matrix, between, requested_by="again")
+
+
+class _Inbox:
+    def __init__(self):
+        self.messages = []
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_inbox():
+    """A real SMTP server (aiosmtpd) on loopback; yields its port and the messages it received."""
+    inbox = _Inbox()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=port, ready_timeout=10)
+    controller.start()
+    yield port, inbox.messages
+    controller.stop()
+
+
+def test_the_follow_up_reaches_every_channel_of_the_digest(engine, smtp_inbox, http_sink, monkeypatch):
+    """A stored verdict (written here as a bisection leaves it) sent by e-mail, to Slack (through
+    the Airflow provider, to a local HTTP server: no Slack server runs here) and to the webhook;
+    the text and the JSON match their golden files."""
+    port, messages = smtp_inbox
+    url, received = http_sink
+    alert_id = alert_between(engine, "b1", "b8")
+    with engine.begin() as conn:
+        bisection_id = conn.execute(sa.text("""
+            INSERT INTO bisection (alert_pk, requested_by, state, good_build, bad_build, builds, last_good_build,
+                                   first_bad_build, last_good_commit, first_bad_commit, probes, max_probes, reason,
+                                   settings, finished_at)
+            VALUES (:a, 'manual__2026-11-02', 'culprit', 'b1', 'b8', CAST(:builds AS jsonb), 'b4', 'b5', 'c04', 'c05',
+                    3, 4, 'b5 is the first bad build: b4 measures as the good end, b5 as the bad end', CAST(:s AS jsonb),
+                    now()) RETURNING bisection_pk"""),
+            {"a": alert_id, "builds": json.dumps([{"name": f"b{i}", "commit": f"c{i:02d}", "version": None}
+                                                  for i in range(1, 9)]),
+             "s": json.dumps({"test": TEST, "alpha": 0.01, "repetitions": 3, "max_repetitions": 8})}).scalar_one()
+        for seq, (build, role, outcome, values, error) in enumerate([
+                ("b1", "good_end", "good", [540.0, 541.0, 539.0], None), ("b8", "bad_end", "bad", [1240.0, 1250.0, 1230.0], None),
+                ("b4", "probe", "good", [541.0, 538.0, 542.0], None), ("b6", "probe", "bad", [1239.0, 1251.0, 1235.0], None),
+                ("b5", "probe", "bad", [1238.0, 1244.0, 1236.0], None)], start=1):
+            conn.execute(sa.text("""
+                INSERT INTO bisection_probe (bisection_pk, seq, build_name, build_commit, role, outcome, run_ids,
+                                             values_us, p_slower_than_good, p_faster_than_bad, position, error)
+                VALUES (:b, :seq, :build, :commit, :role, :outcome, :runs, :values, :p1, :p2, :pos, :error)"""),
+                {"b": bisection_id, "seq": seq, "build": build, "commit": f"c{int(build[1:]):02d}", "role": role,
+                 "outcome": outcome, "runs": [f"bisect-{alert_id}-{bisection_id}-{build}-{k}" for k in (1, 2, 3)],
+                 "values": values, "p1": None if role == "good_end" else 0.0001, "p2": 0.0002 if role == "probe" else None,
+                 "pos": {"b4": 0.0, "b6": 1.0, "b5": 0.99}.get(build), "error": error})
+    monkeypatch.setenv("AIRFLOW_CONN_MOECOMM_SLACK", json.dumps({"conn_type": "slackwebhook", "password": url + "slack"}))
+    env = {"MOECOMM_SLACK_CONN_ID": "moecomm_slack", "MOECOMM_ALERT_WEBHOOK_URL": url + "hook",
+           "MOECOMM_SMTP_HOST": "127.0.0.1", "MOECOMM_SMTP_PORT": str(port), "MOECOMM_ALERT_EMAIL_TO": "a@example.org"}
+
+    sent = bisection_report.follow_up(engine, alert_id, "manual__2026-11-02", env=env)
+    assert sent["notified"] == {"slack": "sent", "email": "sent", "webhook": "sent"}
+    verdict = bisection.latest(engine, alert_id)
+    assert verdict.notified == sent["notified"]
+    text = bisection_report.text(verdict, bisection.probes(engine, bisection_id))
+    message = email.message_from_bytes(messages[0], policy=email.policy.default)
+    assert message["Subject"] == f"moecomm night-b8, alert #{alert_id}: first bad build b5 (c04..c05)"
+    assert message.get_content().replace("\r\n", "\n") == text
+    slack = next(r for r in received if "blocks" in r)
+    hook = next(r for r in received if "kind" in r)
+    assert slack["text"] == message["Subject"] and text.splitlines()[0] in slack["blocks"][1]["text"]["text"]
+    assert hook["state"] == "culprit" and [e["build"] for e in hook["evidence"]] == ["b1", "b8", "b4", "b6", "b5"]
+    # A fresh database: the alert and the bisection are both number 1.
+    golden("bisection_followup.txt", text)
+    golden("bisection_followup.json", json.dumps(hook, indent=2, sort_keys=True) + "\n")
+
+
+def golden(name: str, text: str) -> None:
+    """Compare with tests/data/golden/NAME; MOECOMM_UPDATE_GOLDEN=1 rewrites it (read the diff)."""
+    path = Path(__file__).parents[1] / "data" / "golden" / name
+    if os.environ.get("MOECOMM_UPDATE_GOLDEN") == "1":
+        path.write_text(text)
+    assert text == path.read_text(), f"{name} differs from its golden file"
