@@ -45,9 +45,6 @@ class Plan:
     alert_id: int
     series: dict[str, Any]
     change_pct: float
-    detected_run_id: str
-    last_good_run_id: str
-    first_bad_run_id: str
     job: Job
     builds: tuple[Build, ...]  # the good end, the builds between, the bad end; oldest first
 
@@ -65,8 +62,7 @@ def is_confirmed(alert: Mapping[str, Any]) -> bool:
 
 def _alert(conn: sa.Connection, alert_id: int) -> sa.Row:
     row = conn.execute(sa.text(f"""
-        SELECT alert_pk, {', '.join(SERIES_KEY)}, direction, change_pct, last_good_run_id, first_bad_run_id,
-               detected_run_id
+        SELECT alert_pk, {', '.join(SERIES_KEY)}, direction, change_pct, last_good_run_id, first_bad_run_id
         FROM alert WHERE alert_pk = :id"""), {"id": alert_id}).first()
     if row is None:
         raise BisectionError(f"no alert {alert_id} (see: moecomm alerts list)")
@@ -107,8 +103,7 @@ def plan(engine: Engine, matrix: Matrix, alert_id: int) -> Plan:
         raise BisectionError(f"the catalog does not order the last good build {good.build_name} before the first bad "
                              f"build {bad.build_name}: builds are listed oldest first")
     job = _job(matrix, good.requested_backend or series["backend"], good.profile, good.ep_size, good.build_name)
-    return Plan(alert_id, series, float(alert.change_pct), alert.detected_run_id, alert.last_good_run_id,
-                alert.first_bad_run_id, job, tuple(matrix.builds[lo:hi + 1]))
+    return Plan(alert_id, series, float(alert.change_pct), job, tuple(matrix.builds[lo:hi + 1]))
 
 
 def _job(matrix: Matrix, backend: str, profile: str, ep_size: int, build: str) -> Job:
@@ -160,6 +155,7 @@ def _start(engine: Engine, matrix: Matrix, chosen: Plan, requested_by: str) -> i
         if running is not None:
             raise BisectionError(f"alert {chosen.alert_id} is being bisected already (bisection {running.bisection_pk}, "
                                  f"by {running.requested_by}, since {running.started_at:%Y-%m-%d %H:%M} UTC)")
+        # The unique index on running bisections settles a race with another process starting now.
         return conn.execute(sa.text("""
             INSERT INTO bisection (alert_pk, requested_by, good_build, bad_build, builds, max_probes, settings)
             VALUES (:alert, :by, :good, :bad, CAST(:builds AS jsonb), :max_probes, CAST(:settings AS jsonb))
@@ -292,7 +288,10 @@ def run(engine: Engine, matrix: Matrix, alert_id: int, requested_by: str,
     an error of the infrastructure (the database, the launcher itself) is stored as "failed" with
     its message, then raised."""
     chosen = plan(engine, matrix, alert_id)
-    bisection_id = _start(engine, matrix, chosen, requested_by)
+    try:
+        bisection_id = _start(engine, matrix, chosen, requested_by)
+    except sa.exc.IntegrityError as exc:
+        raise BisectionError(f"alert {alert_id} is being bisected already (another process started it just now)") from exc
     log.info("bisection %s of alert %s over %s", bisection_id, alert_id, [b.label for b in chosen.builds])
     prober = _Prober(engine, matrix, chosen, bisection_id, (artifacts_in or nightly.artifacts_root()) / "bisections")
     settings = search.Settings(**matrix.bisection.model_dump())

@@ -224,6 +224,8 @@ def bisect(builds: Sequence[str], measure: Callable[[str, int], list[float]], ch
                 break
     except BuildFailed as exc:
         failed = good_end if role == "good_end" else bad_end
+        if role == "bad_end":
+            record(Measured(good_end, "good_end", UNRESOLVED, tuple(good)))
         record(Measured(failed, role, "failed", tuple(good if role == "good_end" else bad), error=str(exc)))
         end = "good" if role == "good_end" else "bad"
         return verdict(FAILED, 0, len(builds) - 1, 0,

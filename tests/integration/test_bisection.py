@@ -2,8 +2,8 @@
 a real HTTP server for the follow-up, and (through `moecomm bisect`) a real Airflow `dag.test()`.
 
 The catalog's builds all use this Python; they differ by worker arguments: from the fifth on,
-`--extra_combine_passes 50` adds real passes over the combine output (about 2.3x the combine
-time of this small shape here). Each test starts from an alert row between two nights that ran
+`--extra_combine_passes 150` adds real passes over the combine output (3.5 to 4 times the
+combine time of this small shape here: a difference that a busy machine's noise cannot hide). Each test starts from an alert row between two nights that ran
 known builds (the detector would need three weeks of nights to raise it).
 """
 
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 
 SERIES = {"backend": "TORCH_ALLTOALL", "profile": "gpt_oss", "ep_size": 2, "quant_algo": "W4A8_MXFP4_MXFP8",
           "local_batch_size": 32, "op": "combine", "gpu_model": ""}
-SLOWER = ["--extra_combine_passes", "50"]
+SLOWER = ["--extra_combine_passes", "150"]
 
 
 def catalog(slower_from: int | None, n: int = 8, broken: set[int] = frozenset()) -> list[dict]:
@@ -156,11 +156,13 @@ def test_a_build_whose_interpreter_is_missing_is_reported_failed(engine, tmp_pat
     assert outcome.reason.startswith("the bad end b3 failed to run: TORCH_ALLTOALL-gpt_oss-ep2: the benchmark exited")
     assert "/nonexistent/venv/bin/python" in outcome.reason and "nothing was bisected" in outcome.reason
     with engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT * FROM bisection_probe WHERE outcome <> 'failed'")).one()
         failed = conn.execute(sa.text("SELECT * FROM bisection_probe WHERE outcome = 'failed'")).one()
         job = conn.execute(sa.text("""
             SELECT j.state, j.error FROM job j JOIN run r USING (run_pk) WHERE r.run_id = :run"""),
             {"run": failed.run_ids[-1]}).one()
     assert failed.build_name == "b3" and failed.values_us == [None] and "/nonexistent/venv/bin/python" in failed.error
+    assert (kept.build_name, kept.role, len(kept.values_us)) == ("b1", "good_end", 1)  # measured before it
     assert job.state == "failed" and job.error.startswith("the benchmark exited with status")
 
 

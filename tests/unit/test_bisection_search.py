@@ -103,6 +103,9 @@ def test_a_build_that_fails_to_run_ends_it_failed(broken, message):
     verdict = bisect(names, levels_measure(levels, fail={broken: "no interpreter"}), change_pct=80.0)
     assert verdict.state == "failed" and verdict.reason == message
     assert verdict.measured[-1].outcome == "failed" and verdict.measured[-1].error == "no interpreter"
+    if broken == "b8":  # what the good end measured before is kept as evidence
+        assert (verdict.measured[0].build, verdict.measured[0].outcome, len(verdict.measured[0].values_us)) == \
+            ("b1", "unresolved", 1)
 
 
 def test_a_failure_after_narrowing_keeps_the_narrowed_range():
