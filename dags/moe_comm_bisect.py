@@ -13,8 +13,8 @@ inconclusive or failed, with why) is stored with the alert (`bisection_verdict`)
 Triggered by the nightly DAG for each confirmed regression with builds between its ends, by
 `moecomm bisect ALERT_ID` (in-process, `dag.test()`), or by hand with `{"alert_id": N}`.
 `plan__<queue>` routes the bisection to the node queue that runs the alert's job;
-`bisect__<queue>` runs it there, in the benchmark pool; `follow_up` runs whatever happened before
-it and sends the verdict.
+`bisect__<queue>` runs it there, in the benchmark pool; `follow_up` (a teardown: it runs whatever
+happened before it, and the run's state stays the bisection's) sends the verdict.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Param, dag, task, teardown
 
 from moecomm_tasks.bisection_search import time_bound_s
 from moecomm_tasks.matrix import load_matrix
@@ -58,7 +58,10 @@ def moe_comm_bisect():
 
         return bisection.run(db.make_engine(), MATRIX, alert_id, requested_by=dag_run.run_id).as_dict()
 
-    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=5))
+    # A teardown: it runs whatever became of the bisection, and the run's state stays the
+    # bisection's (a plan that found the alert cannot be bisected, or a failed task, fails the run).
+    @teardown
+    @task(execution_timeout=timedelta(minutes=5))
     def follow_up(params=None, dag_run=None) -> dict:
         from moecomm_tasks import bisection_report, db
 

@@ -192,6 +192,19 @@ def test_no_build_differs_ends_inconclusive_through_the_dag(engine, database_url
     assert verdict.state == "inconclusive" and verdict.probes == 0 and verdict.requested_by.startswith("manual__")
     assert received and received[-1]["state"] == "inconclusive" and received[-1]["alert_id"] == alert_id
 
+    # Triggered by hand for an alert it cannot bisect, the DAG run fails (the follow-up, a teardown,
+    # does not hide it) and nothing is stored or sent.
+    direct = subprocess.run([sys.executable, "-c", (
+        "import sys; from datetime import datetime, timezone; from pathlib import Path; "
+        "from moecomm_tasks import demo; "
+        "print(demo.run_dag(datetime.now(timezone.utc), Path(sys.argv[1]), sys.argv[2], dag_id='moe_comm_bisect', "
+        "conf={'alert_id': int(sys.argv[3])})[1])"),
+        str(tmp_path / "airflow"), str(matrix), str(improvement)], capture_output=True, text=True, timeout=300, env=env)
+    assert direct.stdout.strip().splitlines()[-1] == "failed", direct.stdout[-2000:] + direct.stderr[-2000:]
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM bisection WHERE alert_pk = :a"), {"a": improvement}).scalar() == 0
+    assert len([r for r in received if r.get("alert_id") == improvement]) == 0
+
     listed = subprocess.run([moecomm, "alerts", "list"], capture_output=True, text=True, timeout=120, env=env)
     assert listed.returncode == 0
     line = next(line for line in listed.stdout.splitlines() if line.split() and line.split()[0] == str(alert_id))
