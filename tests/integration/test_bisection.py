@@ -331,3 +331,46 @@ def golden(name: str, text: str) -> None:
     if os.environ.get("MOECOMM_UPDATE_GOLDEN") == "1":
         path.write_text(text)
     assert text == path.read_text(), f"{name} differs from its golden file"
+
+
+TRIGGER = """
+import json, os, sys
+from datetime import datetime
+from pathlib import Path
+from moecomm_tasks import demo
+when = datetime.fromisoformat(sys.argv[2])
+os.environ.update(demo.airflow_environment(Path(sys.argv[1]), sys.argv[3]))
+from airflow.dag_processing.dagbag import DagBag
+from airflow.models.dagrun import DagRun
+from airflow.utils.db import upgradedb
+from airflow.utils.session import create_session
+upgradedb()
+dag = DagBag(dag_folder=str(demo.dags_folder())).dags["moe_comm_nightly"]
+# The night's benchmarks and detection are other tests' business: here they count as done.
+run = dag.test(logical_date=when, run_after=when,
+               mark_success_pattern=r"^(plan__.*|run_benchmark__.*|analyze|report|verdict)$")
+with create_session() as session:
+    runs = [{"dag_id": r.dag_id, "run_id": r.run_id, "conf": r.conf} for r in session.query(DagRun)]
+print(json.dumps({"state": str(run.state), "runs": runs}))
+"""
+
+
+def test_the_nightly_dag_triggers_the_bisection_of_its_new_regressions(engine, database_url, tmp_path):
+    """The nightly DAG (a real dag.test) hands the regressions its run raised, with builds between
+    their ends, to moe_comm_bisect through Airflow: one triggered run per alert, with its id."""
+    matrix = tmp_path / "matrix.toml"
+    matrix.write_text(toml(matrix_data(catalog(slower_from=5))))
+    when = datetime(2026, 11, 3, 2, 0, tzinfo=timezone.utc)
+    run_id = f"manual__{when.isoformat()}"
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO run (run_id, run_at) VALUES (:r, :t)"), {"r": run_id, "t": when})
+    between = alert_between(engine, "b1", "b8", detected=run_id)
+    alert_between(engine, "b2", "b3", detected=run_id)  # adjacent builds: nothing to bisect
+    env = dict(os.environ, MOECOMM_DATABASE_URL=database_url)
+    result = subprocess.run([sys.executable, "-c", TRIGGER, str(tmp_path / "airflow"), when.isoformat(), str(matrix)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    facts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert facts["state"] == "success"
+    assert [r for r in facts["runs"] if r["dag_id"] == "moe_comm_bisect"] == [
+        {"dag_id": "moe_comm_bisect", "run_id": f"bisect_alert-{between}", "conf": {"alert_id": between}}]
