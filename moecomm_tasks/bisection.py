@@ -99,7 +99,10 @@ def plan(engine: Engine, matrix: Matrix, alert_id: int) -> Plan:
         raise BisectionError(f"builds {missing} (of runs {alert.last_good_run_id}, {alert.first_bad_run_id}) are not "
                              f"in the matrix's catalog ({names})")
     lo, hi = names.index(good.build_name), names.index(bad.build_name)
-    if lo >= hi:
+    if lo == hi:
+        raise BisectionError(f"both nights ran build {good.build_name}: the change did not come with a build (see the "
+                             "alert's provenance_diff for what else changed)")
+    if lo > hi:
         raise BisectionError(f"the catalog does not order the last good build {good.build_name} before the first bad "
                              f"build {bad.build_name}: builds are listed oldest first")
     job = _job(matrix, good.requested_backend or series["backend"], good.profile, good.ep_size, good.build_name)

@@ -243,6 +243,23 @@ def test_eligible_alerts_are_new_regressions_with_builds_between(engine):
         bisection.plan(engine, matrix, improvement)
     with pytest.raises(bisection.BisectionError, match="recorded no build"):
         bisection.plan(engine, matrix, unrecorded)
+    # Both nights on one build: no build brought the change.
+    start = datetime(2026, 11, 10, 2, 0, tzinfo=timezone.utc)
+    night(engine, "same-1", start, "b6", 540.0)
+    night(engine, "same-2", start + timedelta(days=1), "b6", 700.0)
+    with engine.begin() as conn:
+        same = conn.execute(sa.text("""
+            INSERT INTO alert (backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, direction,
+                               change_pct, confidence, baseline_us, after_us, last_good_run_id, first_bad_run_id,
+                               detected_run_id)
+            SELECT backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, direction, change_pct,
+                   confidence, baseline_us, after_us, 'same-1', 'same-2', 'same-2' FROM alert WHERE alert_pk = :a
+            RETURNING alert_pk"""), {"a": between}).scalar_one()
+    with pytest.raises(bisection.BisectionError, match="both nights ran build b6"):
+        bisection.plan(engine, matrix, same)
+    with engine.connect() as conn:  # the build is part of each night's provenance
+        assert conn.execute(sa.text("SELECT build_name, build_commit FROM provenance_flat WHERE run_id = 'same-1'")).one() \
+            == ("b6", "c06")
     # Bisected once, never handed over again.
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO bisection (alert_pk, requested_by, good_build, bad_build, builds, max_probes, "
