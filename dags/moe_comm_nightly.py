@@ -10,7 +10,9 @@ whatever failed before them and read the database, not the failed tasks' XComs; 
 the run when any planned job did not succeed, which calls the failure notifier. A run still going
 `deadline_s` (the matrix's) after it was queued is reported late.
 
-Manual runs take params to run a subset: `backends`, `profiles`, `ep_sizes`.
+Manual runs take params to run a subset: `backends`, `profiles`, `ep_sizes`; and `build`, a build
+of the matrix's catalog to run instead of the night's (`night_build`, default the newest).
+`bisect` hands each new confirmed regression with builds between its ends to `moe_comm_bisect`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import ExceptionRetryPolicy, Param, RetryAction, RetryRule, dag, task
 
 from moecomm_tasks.deadline import deadline_alert
@@ -58,6 +61,8 @@ FINAL_FAILURES = ExceptionRetryPolicy(rules=[
                           description="a subset of the matrix's profiles (empty: all)"),
         "ep_sizes": Param([], type="array", items={"type": "integer", "enum": MATRIX.ep_sizes},
                           description="a subset of the matrix's EP sizes (empty: all)"),
+        "build": Param("", type="string", enum=["", *(b.name for b in MATRIX.builds)],
+                       description="a build of the matrix's catalog (empty: the night's build)"),
     },
 )
 def moe_comm_nightly():
@@ -98,14 +103,27 @@ def moe_comm_nightly():
 
         nightly.verdict(db.results_engine(), dag_run.run_id, planned)
 
+    @task(execution_timeout=timedelta(minutes=5), retries=0)
+    def to_bisect(dag_run=None) -> list[dict]:
+        from moecomm_tasks import bisection, db
+
+        return [{"conf": {"alert_id": alert_id}, "trigger_run_id": f"bisect_alert-{alert_id}"}
+                for alert_id in bisection.eligible(db.make_engine(), MATRIX, dag_run.run_id)]
+
     plans = [plan.override(task_id=f"plan__{queue}")(queue) for queue in MATRIX.queues]
     runs = [
         run_benchmark.override(task_id=f"run_benchmark__{queue}", queue=queue, pool=MATRIX.pool,
                                pool_slots=MATRIX.pool_slots).expand(job=planned)
         for queue, planned in zip(MATRIX.queues, plans)
     ]
-    # The run's state is its leaf's: `verdict` fails it when any planned job did not succeed.
-    runs >> analyze() >> report() >> verdict(plans)
+    # The run's state is its leaves': `verdict` fails it when any planned job did not succeed.
+    analyzed = analyze()
+    runs >> analyzed >> report() >> verdict(plans)
+    # A run of the bisection DAG per alert to bisect (none is triggered twice for one alert).
+    bisections = to_bisect()
+    analyzed >> bisections
+    TriggerDagRunOperator.partial(task_id="bisect", trigger_dag_id="moe_comm_bisect", skip_when_already_exists=True,
+                                  execution_timeout=timedelta(minutes=5), retries=0).expand_kwargs(bisections)
 
 
 moe_comm_nightly()

@@ -20,7 +20,7 @@ from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.query import SERIES_KEY as SERIES
 
 PROVENANCE_FIELDS = ("gpu_model", "driver_version", "cuda_version", "nccl_version", "torch_version",
-                     "trtllm_version", "trtllm_commit")
+                     "trtllm_version", "trtllm_commit", "build_name", "build_commit", "build_version")
 STATES = ("open", "acknowledged", "resolved", "muted")
 
 
@@ -103,13 +103,17 @@ def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequenc
 
 
 def list_alerts(engine: Engine, state: str | None = None) -> list[sa.Row]:
-    where = "WHERE state = :state" if state else ""
+    where = "WHERE a.state = :state" if state else ""
     with engine.connect() as conn:
         return list(conn.execute(sa.text(f"""
-            SELECT alert_pk AS id, state, direction, round(change_pct::numeric, 2) AS change_pct,
-                   round(confidence::numeric, 4) AS confidence, backend, profile, ep_size, local_batch_size, op,
-                   gpu_model, last_good_run_id, first_bad_run_id, state_note
-            FROM alert {where} ORDER BY created_at DESC, alert_pk DESC"""), {"state": state}))
+            SELECT a.alert_pk AS id, a.state, a.direction, round(a.change_pct::numeric, 2) AS change_pct,
+                   round(a.confidence::numeric, 4) AS confidence, a.backend, a.profile, a.ep_size, a.local_batch_size,
+                   a.op, a.gpu_model, a.last_good_run_id, a.first_bad_run_id, a.state_note,
+                   v.state AS bisection_state, v.first_bad_build, v.commit_range
+            FROM alert a
+            LEFT JOIN LATERAL (SELECT state, first_bad_build, commit_range FROM bisection_verdict
+                               WHERE alert_id = a.alert_pk ORDER BY bisection_id DESC LIMIT 1) v ON true
+            {where} ORDER BY a.created_at DESC, a.alert_pk DESC"""), {"state": state}))
 
 
 def set_state(engine: Engine, alert_id: int, state: str, note: str | None = None) -> None:
@@ -127,7 +131,7 @@ def set_excluded(engine: Engine, run_id: str, reason: str | None) -> None:
     """Quarantine a run (detection skips it) with a reason, or bring it back (reason None)."""
     with engine.begin() as conn:
         updated = conn.execute(sa.text(
-            "UPDATE run SET excluded = :excluded, excluded_reason = :reason WHERE run_id = :run"),
+            "UPDATE run SET excluded = :excluded, excluded_reason = :reason WHERE run_id = :run AND kind = 'nightly'"),
             {"excluded": reason is not None, "reason": reason, "run": run_id}).rowcount
     if not updated:
-        raise MoecommError(f"no run {run_id!r} (see: moecomm runs)")
+        raise MoecommError(f"no nightly run {run_id!r} (see: moecomm runs; bisection runs stay excluded)")

@@ -248,9 +248,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
                       "last error"], outbox.deliveries(engine))
         return EXIT_OK
     if args.action == "list":
+        from moecomm_tasks.bisection_report import short
+
         rows = alerts.list_alerts(engine, args.state)
         _table(None, ["id", "state", "direction", "change %", "confidence", "backend", "profile", "ep", "size", "op",
-                      "gpu", "last good", "first bad", "note"], rows)
+                      "gpu", "last good", "first bad", "note", "bisection"],
+               [(*row[:14], short(row.bisection_state, row.first_bad_build, row.commit_range)) for row in rows])
         return EXIT_OK
     if args.id is None:
         raise MoecommError(f"moecomm alerts {args.action} needs an alert id")
@@ -258,6 +261,12 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     alerts.set_state(engine, args.id, state, args.note)
     console.print(f"alert {args.id}: {state}")
     return EXIT_OK
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    from moecomm_tasks import bisect_command
+
+    return bisect_command.run(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -381,6 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=["open", "acknowledged", "resolved", "muted"], help="with list: only this state")
     p.add_argument("--note", help="with ack, resolve or mute: why")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("bisect", help="bisect a regression alert over the matrix's builds: the bisection DAG, "
+                                      "once, in this process; then its verdict (see README: Bisection)")
+    p.add_argument("alert_id", type=int, help="the alert (moecomm alerts list)")
+    p.add_argument("--matrix", help="a matrix file or a shipped matrix's name (default: MOECOMM_MATRIX, else cpu)")
+    p.add_argument("--airflow-home", help="default: $MOECOMM_HOME/airflow")
+    p.add_argument("--format", choices=["text", "json"], default="text")
+    p.set_defaults(func=cmd_bisect)
 
     p = sub.add_parser("report", help="write the HTML report of a run (index.html and PNG plots) into a folder")
     p.add_argument("--out", required=True, help="the folder (created if needed)")

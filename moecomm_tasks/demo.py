@@ -53,8 +53,10 @@ def airflow_environment(airflow_home: Path, matrix: str | None) -> dict[str, str
     return env
 
 
-def run_dag(logical_date: datetime, airflow_home: Path, matrix: str | None) -> tuple[str, str]:
-    """Run the DAG once with dag.test(); return (run id, final state)."""
+def run_dag(logical_date: datetime, airflow_home: Path, matrix: str | None, dag_id: str = DAG_ID,
+            conf: dict | None = None) -> tuple[str, str]:
+    """Run a DAG of moecomm's (default: the nightly) once with dag.test(), with `conf` as its
+    params; return (run id, final state)."""
     airflow_home.mkdir(parents=True, exist_ok=True)
     os.environ.update(airflow_environment(airflow_home, matrix))
     from airflow.dag_processing.dagbag import DagBag
@@ -68,13 +70,13 @@ def run_dag(logical_date: datetime, airflow_home: Path, matrix: str | None) -> t
     Pool.create_or_update_pool(config.pool, slots=max(1, config.pool_slots), include_deferred=False,
                                description="moecomm: benchmark jobs running at once")
     bag = DagBag(dag_folder=str(dags_folder()))
-    if DAG_ID not in bag.dags:
-        raise ConfigError(f"the DAG did not load: {bag.import_errors}")
-    dag = bag.dags[DAG_ID]
+    if dag_id not in bag.dags:
+        raise ConfigError(f"the DAG {dag_id} did not load: {bag.import_errors}")
+    dag = bag.dags[dag_id]
     # Deadline alerts need the scheduler, which dag.test() does without; and Airflow 3.3.2's
     # dag.test() fails when a run with one succeeds (it looks the alert up by its serialized form).
     dag.deadline = None
-    run = dag.test(logical_date=logical_date, run_after=logical_date)
+    run = dag.test(logical_date=logical_date, run_after=logical_date, run_conf=conf)
     return run.run_id, str(run.state)
 
 

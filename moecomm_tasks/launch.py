@@ -88,10 +88,12 @@ class LaunchResult:
 def program_argv(matrix: Matrix, job: Job, output_file: Path) -> list[str]:
     """The benchmark's own command line (what each rank, or the spawning parent, runs)."""
     bench = matrix.benchmark
+    build = job.build
+    python = build.interpreter if build else None
     if bench.kind == "worker":
-        head = [sys.executable, "-m", "moecomm_tasks.bench"]
+        head = [python or sys.executable, "-m", "moecomm_tasks.bench"]
     else:
-        head = [bench.python, str(bench.script)]
+        head = [python or bench.python, str((build.script if build else None) or bench.script)]
     return head + [
         "--ep_size", str(job.ep_size), "--backend", job.backend, "--profile", job.profile,
         *matrix.sweep.args(), "--output_file", str(output_file), *job.extra_args,
@@ -132,11 +134,12 @@ def _slurm_common(matrix: Matrix, job: Job, name: str) -> list[str]:
     return args + list(slurm.extra_args)
 
 
-def _srun_args(matrix: Matrix) -> list[str]:
+def _srun_args(matrix: Matrix, job: Job) -> list[str]:
     slurm = matrix.launcher.slurm
     args = [f"--mpi={slurm.mpi}", "--kill-on-bad-exit=1"]
-    if slurm.container_image:
-        args.append(f"--container-image={slurm.container_image}")
+    image = (job.build.container_image if job.build else None) or slurm.container_image
+    if image:
+        args.append(f"--container-image={image}")
     return args
 
 
@@ -149,7 +152,7 @@ def _sbatch_script(matrix: Matrix, job: Job, name: str, spec_program: list[str],
     lines.append(f"#SBATCH --output={shlex.quote(str(artifacts / 'stdout.txt'))}")
     lines.append(f"#SBATCH --error={shlex.quote(str(artifacts / 'stderr.txt'))}")
     lines += [f"export {key}={shlex.quote(value)}" for key, value in sorted(knobs.items())]
-    lines.append("exec srun " + " ".join(shlex.quote(a) for a in _srun_args(matrix) + spec_program))
+    lines.append("exec srun " + " ".join(shlex.quote(a) for a in _srun_args(matrix, job) + spec_program))
     return "\n".join(lines) + "\n"
 
 
@@ -173,7 +176,7 @@ def build(matrix: Matrix, job: Job, artifacts: Path, base_env: dict[str, str] | 
         argv = mpi.mpirun_argv(ranks, program, oversubscribe=launcher.oversubscribe,
                                extra=[*launcher.mpirun_args, *exported])
     elif launcher.slurm.mode == "srun":
-        argv = ["srun", *_slurm_common(matrix, job, name), *_srun_args(matrix), *program]
+        argv = ["srun", *_slurm_common(matrix, job, name), *_srun_args(matrix, job), *program]
     else:
         script = artifacts / "job.sbatch"
         script.write_text(_sbatch_script(matrix, job, name, program, knobs, artifacts))

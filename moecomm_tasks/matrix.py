@@ -6,6 +6,12 @@ that ends up on a command line is checked here, before anything runs: backends, 
 quantization names against the contract's lists, numbers by type and range, environment
 variables by prefix. Errors name the field (`matrix.backends[2]: ...`).
 
+A matrix may also name an ordered catalog of builds (`[[builds]]`, oldest first): each says which
+commit or version it is and how to run it (an interpreter or virtual environment, a container
+image for Slurm, extra environment and worker arguments). A night runs one build of the catalog
+(`night_build`, default the newest); the bisection DAG runs the builds between a regression's
+last good and first bad night (`moecomm_tasks.bisection`).
+
 The shipped files live in `moecomm_tasks/matrices/`; `MOECOMM_MATRIX` names the one the DAG uses
 (a path, or the name of a shipped file without `.toml`; default `cpu`).
 """
@@ -153,6 +159,84 @@ class Slurm(_Strict):
         return value
 
 
+class Build(_Strict):
+    """One build of the catalog: which code it is, and how to run it.
+
+    `python` (an interpreter) or `venv` (a virtual environment: its `bin/python`) runs the
+    benchmark; neither: the interpreter of the task, or the matrix's `benchmark.python` for the
+    upstream script. `script` is this build's `bench_moe_comm.py` (upstream only).
+    `container_image` is given to Slurm's `--container-image` (Slurm launcher only). `env` and
+    `worker_args` are added after the matrix's and the overrides' own.
+    """
+
+    name: str
+    commit: str | None = None
+    version: str | None = None
+    python: str | None = None
+    venv: str | None = None
+    script: str | None = None
+    container_image: str | None = None
+    env: dict[str, str] = {}
+    worker_args: list[str] = []
+
+    _args = field_validator("worker_args")(_check_args)
+    _env = field_validator("env")(_check_env)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not NAME.match(value):
+            raise ValueError(f"{value!r}: build names are letters, digits and _ . : -")
+        return value
+
+    @field_validator("container_image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        return Slurm._plain(value)
+
+    @field_validator("commit", "version", "python", "venv", "script")
+    @classmethod
+    def _one_line(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or "\0" in value or "\n" in value):
+            raise ValueError(f"{value!r} is empty or has a NUL or a line break")
+        return value
+
+    @model_validator(mode="after")
+    def _identified_and_runnable(self) -> "Build":
+        if self.commit is None and self.version is None:
+            raise ValueError(f"build {self.name}: give its commit or its version (or both)")
+        if self.python is not None and self.venv is not None:
+            raise ValueError(f"build {self.name}: give python or venv, not both")
+        return self
+
+    @property
+    def interpreter(self) -> str | None:
+        """The Python that runs this build's benchmark, when the build names one."""
+        if self.venv is not None:
+            return str(Path(self.venv) / "bin" / "python")
+        return self.python
+
+    @property
+    def label(self) -> str:
+        """The build as people name it: its name and commit (or version)."""
+        return f"{self.name} ({self.commit or self.version})"
+
+
+class Bisection(_Strict):
+    """How the bisection DAG decides (moecomm_tasks.bisection_search states the test)."""
+
+    repetitions: Annotated[int, Field(ge=3)] = 3
+    max_repetitions: PositiveInt = 8
+    alpha: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.01
+    closeness: Annotated[float, Field(gt=0.0, le=0.5)] = 1 / 3
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "Bisection":
+        if self.max_repetitions < self.repetitions:
+            raise ValueError("max_repetitions: must be >= repetitions")
+        return self
+
+
 class Launcher(_Strict):
     kind: Literal["local", "slurm"] = "local"
     mpirun_args: list[str] = []
@@ -207,6 +291,9 @@ class Matrix(_Strict):
     sweep: Sweep = Sweep()
     launcher: Launcher = Launcher()
     overrides: list[Override] = []
+    builds: list[Build] = []
+    night_build: str | None = None
+    bisection: Bisection = Bisection()
 
     _worker_args = field_validator("worker_args")(_check_args)
     _env = field_validator("env")(_check_env)
@@ -255,6 +342,36 @@ class Matrix(_Strict):
             raise ValueError(f"the number of experts must divide by the EP size: {', '.join(bad)}")
         return self
 
+    @model_validator(mode="after")
+    def _catalog(self) -> "Matrix":
+        names = [b.name for b in self.builds]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"builds: {repeated} named more than once (each build has a name of its own)")
+        if self.night_build is not None and self.night_build not in names:
+            raise ValueError(f"night_build: {self.night_build!r} is not in builds ({names})")
+        if self.launcher.kind != "slurm":
+            imaged = [b.name for b in self.builds if b.container_image]
+            if imaged:
+                raise ValueError(f"builds {imaged}: container_image needs the slurm launcher")
+        if self.benchmark.kind != "upstream":
+            scripted = [b.name for b in self.builds if b.script]
+            if scripted:
+                raise ValueError(f"builds {scripted}: script is for benchmark.kind = 'upstream'")
+        return self
+
+    def build(self, name: str | None = None) -> Build | None:
+        """The build called `name`, else the night's (`night_build`, default the newest); None
+        without a catalog. Raises ConfigError for a name the catalog does not have."""
+        if name:
+            for build in self.builds:
+                if build.name == name:
+                    return build
+            raise ConfigError(f"no build {name!r} in the matrix's catalog ({[b.name for b in self.builds]})")
+        if self.night_build is not None:
+            return self.build(self.night_build)
+        return self.builds[-1] if self.builds else None
+
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str) -> str:
@@ -263,8 +380,10 @@ class Matrix(_Strict):
         return value
 
     def jobs(self, backends: list[str] | None = None, profiles: list[str] | None = None,
-             ep_sizes: list[int] | None = None) -> list["Job"]:
-        """The jobs of this matrix, or of the subset asked for (params of a manual run)."""
+             ep_sizes: list[int] | None = None, build: str | None = None) -> list["Job"]:
+        """The jobs of this matrix, or of the subset asked for (params of a manual run), each
+        running `build` of the catalog (default: the night's build, see `build()`)."""
+        chosen = self.build(build)
         wanted_backends = [b.upper() for b in backends] if backends else self.backends
         wanted_profiles = profiles or self.profiles
         wanted_eps = ep_sizes or self.ep_sizes
@@ -286,9 +405,12 @@ class Matrix(_Strict):
                         env.update(override.env)
                         extra += override.extra_args
                         timeout = override.timeout_s or timeout
+                    if chosen is not None:
+                        env.update(chosen.env)
+                        extra += chosen.worker_args
                     jobs.append(Job(backend=backend, profile=profile, ep_size=ep,
                                     queue=self.queues[len(jobs) % len(self.queues)],
-                                    timeout_s=timeout, env=env, extra_args=extra))
+                                    timeout_s=timeout, env=env, extra_args=extra, build=chosen))
         return jobs
 
 
@@ -300,6 +422,8 @@ class Job(_Strict):
     timeout_s: PositiveInt
     env: dict[str, str] = {}
     extra_args: list[str] = []
+    # The catalog build this job runs (its env and worker args are already in env and extra_args).
+    build: Build | None = None
 
     @property
     def name(self) -> str:

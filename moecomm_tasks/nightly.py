@@ -57,7 +57,7 @@ def plan(matrix: Matrix, params: dict[str, Any] | None) -> dict[str, list[dict[s
     """The night's jobs, grouped by the node queue each is routed to (every queue present)."""
     params = params or {}
     jobs = matrix.jobs(params.get("backends") or None, params.get("profiles") or None,
-                       params.get("ep_sizes") or None)
+                       params.get("ep_sizes") or None, build=params.get("build") or None)
     grouped: dict[str, list[dict[str, Any]]] = {queue: [] for queue in matrix.queues}
     for job in jobs:
         grouped[job.queue].append(job.model_dump())
@@ -118,10 +118,14 @@ def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: 
     state = None
     if error:
         state = "partial" if measured else "failed"
-    script = matrix.benchmark.script if matrix.benchmark.kind == "upstream" else None
-    host = provenance.host_provenance(script)
+    script = ((job.build.script if job.build else None) or matrix.benchmark.script
+              if matrix.benchmark.kind == "upstream" else None)
+    host = provenance.host_provenance(Path(script) if script else None)
     launched = {"command": spec.argv, "environment": spec.knobs, "launcher": matrix.launcher.kind,
-                "queue": job.queue, "artifacts": str(artifacts)}
+                "queue": job.queue, "artifacts": str(artifacts),
+                "build_name": job.build.name if job.build else None,
+                "build_commit": job.build.commit if job.build else None,
+                "build_version": job.build.version if job.build else None}
     states = []
     for parsed_job in parsed.jobs:
         reported = dict(parsed_job.header.extra.get("provenance") or {})

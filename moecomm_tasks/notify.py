@@ -138,11 +138,15 @@ def send_slack(digest: Digest, conn_id: str) -> None:
 
 
 def send_email(digest: Digest, env: dict[str, str]) -> None:
+    _send_mail(digest.title(), render_text(digest), env)
+
+
+def _send_mail(subject: str, body: str, env: dict[str, str]) -> None:
     message = EmailMessage()
-    message["Subject"] = digest.title()
+    message["Subject"] = subject
     message["From"] = env.get("MOECOMM_ALERT_EMAIL_FROM", "moecomm@localhost")
     message["To"] = env["MOECOMM_ALERT_EMAIL_TO"]
-    message.set_content(render_text(digest))
+    message.set_content(body)
     with smtplib.SMTP(env["MOECOMM_SMTP_HOST"], int(env.get("MOECOMM_SMTP_PORT", "25")), timeout=TIMEOUT_S) as smtp:
         if env.get("MOECOMM_SMTP_STARTTLS") == "1":
             smtp.starttls()
@@ -183,3 +187,44 @@ def channels(env: Mapping[str, str] | None = None) -> dict[str, Callable[[Digest
     if env.get("MOECOMM_ALERT_WEBHOOK_URL"):
         configured["webhook"] = lambda digest: send_webhook(digest, env["MOECOMM_ALERT_WEBHOOK_URL"])
     return configured
+
+
+@dataclass(frozen=True)
+class FollowUp:
+    """A message that follows an alert's digest (a bisection's verdict): its title, its plain-text
+    body (e-mail, and Slack in a code block) and its JSON (the webhook)."""
+
+    title: str
+    text: str
+    payload: dict[str, Any]
+
+
+def send_followup(message: FollowUp, env: dict[str, str] | None = None) -> dict[str, str]:
+    """Send a follow-up on every channel configured for the digest; returns channel -> "sent" or
+    the error (one channel failing does not stop the others)."""
+    env = dict(os.environ if env is None else env)
+    channels = {}
+    if env.get("MOECOMM_SLACK_CONN_ID"):
+        def slack() -> None:
+            from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+            # Names come from benchmark output: escaped so that no mention or link can act as one.
+            body = slack_escape(message.text)
+            SlackWebhookNotifier(slack_webhook_conn_id=env["MOECOMM_SLACK_CONN_ID"], text=message.title, blocks=[
+                {"type": "header", "text": {"type": "plain_text", "text": message.title[:150]}},
+                {"type": "section", "text": {"type": "mrkdwn", "text": f"```{body[:2900]}```"}}],
+                timeout=TIMEOUT_S).notify({})
+        channels["slack"] = slack
+    if env.get("MOECOMM_SMTP_HOST") and env.get("MOECOMM_ALERT_EMAIL_TO"):
+        channels["email"] = lambda: _send_mail(message.title, message.text, env)
+    if env.get("MOECOMM_ALERT_WEBHOOK_URL"):
+        channels["webhook"] = lambda: post_json(env["MOECOMM_ALERT_WEBHOOK_URL"], message.payload)
+    outcome = {}
+    for name, send in channels.items():
+        try:
+            send()
+            outcome[name] = "sent"
+        except Exception as exc:  # noqa: BLE001 (a channel's failure is reported, not raised)
+            log.warning("follow-up %r: %s failed: %s: %s", message.title, name, type(exc).__name__, exc)
+            outcome[name] = f"failed: {type(exc).__name__}: {exc}"
+    return outcome

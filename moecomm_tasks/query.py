@@ -154,7 +154,8 @@ def trend_table(engine: Engine, series: SeriesFilter, last: int = 10) -> tuple[l
     where, params = series.where()
     with engine.connect() as conn:
         run_ids = [r for (r,) in conn.execute(sa.text(
-            "SELECT run_id FROM run ORDER BY run_at DESC, run_id DESC LIMIT :n"), {"n": last})][::-1]
+            "SELECT run_id FROM run WHERE kind = 'nightly' ORDER BY run_at DESC, run_id DESC LIMIT :n"),
+            {"n": last})][::-1]
         params["runs"] = run_ids
         rows = conn.execute(sa.text(f"""
             SELECT backend, profile, ep_size, local_batch_size, op, run_id, median_us, {', '.join(KNOB_FIELDS)}

@@ -47,7 +47,8 @@ class Point:
 
 
 def _latest_run(conn: sa.Connection) -> str:
-    run = conn.execute(sa.text("SELECT run_id FROM run ORDER BY run_at DESC, run_id DESC LIMIT 1")).scalar()
+    run = conn.execute(sa.text(
+        "SELECT run_id FROM run WHERE kind = 'nightly' ORDER BY run_at DESC, run_id DESC LIMIT 1")).scalar()
     if run is None:
         raise MoecommError("no runs in the database: load or run something first")
     return run

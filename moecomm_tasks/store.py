@@ -41,7 +41,7 @@ TRANSACTION_ATTEMPTS = 5
 
 PROVENANCE_COLUMNS = (
     "gpu_model", "gpu_count", "driver_version", "cuda_version", "nccl_version", "torch_version",
-    "trtllm_version", "trtllm_commit", "hosts", "command", "environment",
+    "trtllm_version", "trtllm_commit", "hosts", "build_name", "build_commit", "build_version", "command", "environment",
 )
 MEASUREMENT_COLUMNS = (
     "job_pk", "backend", "local_batch_size", "op",

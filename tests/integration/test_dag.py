@@ -24,7 +24,7 @@ from moecomm_tasks.dbguard import ConnectionStalled
 from moecomm_tasks.errors import DatabaseError, SchemaMismatch
 from moecomm_tasks.nightly import BenchmarkFailed
 bag = DagBag(dag_folder=sys.argv[1])
-dag = bag.dags.get("moe_comm_nightly")
+dag = bag.dags.get(sys.argv[2])
 FAULTS = {"benchmark": BenchmarkFailed("x"), "schema": SchemaMismatch("x"), "database": DatabaseError("x"),
           "stalled": sa.exc.OperationalError("SELECT 1", {}, ConnectionStalled("x")),
           "unreachable": sa.exc.OperationalError("connect", {}, psycopg2.OperationalError("x"))}
@@ -33,7 +33,7 @@ def policy(t):
     return {k: p.evaluate(e, 1, 2).action.value for k, e in FAULTS.items()} if p else None
 print(json.dumps({
     "errors": {k: str(v)[-300:] for k, v in bag.import_errors.items()},
-    "schedule": dag.timetable.expression, "schedule_tz": str(dag.timetable.timezone), "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
+    "schedule": getattr(dag.timetable, "expression", None), "schedule_tz": str(getattr(dag.timetable, "timezone", None)), "catchup": dag.catchup, "max_active_runs": dag.max_active_runs,
     "tz": str(dag.start_date.tzinfo), "tags": sorted(dag.tags), "doc": bool(dag.doc_md),
     "on_failure": type(dag.on_failure_callback).__name__, "params": sorted(dag.params.keys()),
     "deadlines": [[type(d.reference).__name__, d.interval.total_seconds(), d.callback.path, d.callback.kwargs]
@@ -48,11 +48,11 @@ print(json.dumps({
 """
 
 
-def dag_facts(tmp_path: Path, **env: str) -> dict:
+def dag_facts(tmp_path: Path, dag_id: str = "moe_comm_nightly", **env: str) -> dict:
     environment = dict(os.environ, AIRFLOW_HOME=str(tmp_path / "airflow"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
                        AIRFLOW__CORE__DAGS_FOLDER=str(DAGS), **env)
-    result = subprocess.run([sys.executable, "-c", FACTS, str(DAGS)], capture_output=True, text=True, timeout=180,
-                            env=environment)
+    result = subprocess.run([sys.executable, "-c", FACTS, str(DAGS), dag_id], capture_output=True, text=True,
+                            timeout=180, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -66,12 +66,13 @@ def test_dag_imports_without_a_database_and_follows_the_policy(tmp_path):
     assert facts["schedule"] == "0 2 * * *" and facts["catchup"] is False and facts["max_active_runs"] == 1
     assert facts["tz"] == "UTC" and facts["schedule_tz"] == "UTC" and facts["doc"] and "nightly" in facts["tags"]
     assert facts["on_failure"] == "RunFailureNotifier"
-    assert facts["params"] == ["backends", "ep_sizes", "profiles"]
+    assert facts["params"] == ["backends", "build", "ep_sizes", "profiles"]
     # A run still going 6 hours after it was queued is reported late (the matrix's deadline_s).
     assert facts["deadlines"] == [["DagRunQueuedAtDeadline", 6 * 3600.0, "moecomm_tasks.deadline.report_late_run",
                                    {"deadline_s": 6 * 3600}]]
     tasks = facts["tasks"]
-    assert set(tasks) == {"plan__gpu-node-1", "run_benchmark__gpu-node-1", "analyze", "report", "verdict"}
+    assert set(tasks) == {"plan__gpu-node-1", "run_benchmark__gpu-node-1", "analyze", "report", "verdict",
+                          "to_bisect", "bisect"}
     assert all(t["timeout"] for t in tasks.values()), "every task has an execution_timeout"
     run = tasks["run_benchmark__gpu-node-1"]
     assert run["mapped"] and run["queue"] == "gpu-node-1" and run["pool"] == "moe_gpu"
@@ -86,6 +87,29 @@ def test_dag_imports_without_a_database_and_follows_the_policy(tmp_path):
         assert tasks[name]["retries"] >= 1, name
         assert tasks[name]["policy"] == {"benchmark": "fail", "schema": "fail", "database": "default",
                                          "stalled": "default", "unreachable": "default"}, name
+    # New regressions with builds between their ends go to the bisection DAG, one run per alert.
+    assert tasks["to_bisect"]["upstream"] == ["analyze"] and tasks["bisect"]["upstream"] == ["to_bisect"]
+    assert tasks["bisect"]["mapped"] and tasks["bisect"]["retries"] == 0
+
+
+def test_bisect_dag_imports_without_a_database_and_follows_the_policy(tmp_path):
+    facts = dag_facts(tmp_path, dag_id="moe_comm_bisect",
+                      MOECOMM_DATABASE_URL="postgresql+psycopg2://nobody@127.0.0.1:1/none",
+                      AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{tmp_path}/missing/airflow.db",
+                      MOECOMM_MATRIX="h100-8gpu")
+    assert facts["errors"] == {}
+    assert facts["schedule"] is None and facts["catchup"] is False and facts["max_active_runs"] == 1
+    assert facts["tz"] == "UTC" and facts["doc"] and "bisection" in facts["tags"] and facts["params"] == ["alert_id"]
+    tasks = facts["tasks"]
+    assert set(tasks) == {"plan__gpu-node-1", "bisect__gpu-node-1", "follow_up"}
+    assert all(t["timeout"] for t in tasks.values()), "every task has an execution_timeout"
+    bisect = tasks["bisect__gpu-node-1"]
+    # On the node's queue and in the benchmark pool, as the nightly's jobs; never retried.
+    assert bisect["mapped"] and bisect["queue"] == "gpu-node-1" and bisect["pool"] == "moe_gpu"
+    assert bisect["retries"] == 0 and bisect["timeout"] >= 8 * 3600
+    # A teardown: it runs whatever happened before it, and leaves the run's state to the bisection.
+    assert tasks["follow_up"]["trigger_rule"] == "all_done_setup_success"
+    assert tasks["follow_up"]["upstream"] == ["bisect__gpu-node-1"]
 
 
 def test_a_bad_matrix_is_an_import_error_naming_the_field(tmp_path):
