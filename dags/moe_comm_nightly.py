@@ -5,9 +5,13 @@ Every night, the MoE communication benchmark matrix (backend x profile x EP size
 file named by `MOECOMM_MATRIX`, default the CPU matrix shipped with moecomm) runs on the GPU
 nodes: `plan__<queue>` expands the matrix, one mapped `run_benchmark__<queue>` task per job launches
 `mpirun` on the node that owns the queue (a pool caps the total), keeps stdout, stderr and the
-output file, and loads the results under this DAG run's id. `analyze`, `report` and `verdict` run
-whatever failed before them and read the database, not the failed tasks' XComs; `verdict` fails
-the run when any planned job did not succeed, which calls the failure notifier. A run still going
+output file, and loads the results under this DAG run's id. `analyze` detects changes: new alerts
+are candidates; `recheck__<queue>` runs their jobs again on their own queues (at most the
+matrix's `confirmation.max_jobs` a night), and `confirm` sends only the alerts whose re-run
+agrees. `analyze`, `confirm`, `report` and `verdict` run whatever failed before them and read the
+database, not the failed tasks' XComs; `verdict` fails the run when any planned job did not
+succeed, which calls the failure notifier. Confirmed regressions with builds between their ends
+are handed to `moe_comm_bisect`. A run still going
 `deadline_s` (the matrix's) after it was queued is reported late.
 
 Manual runs take params to run a subset: `backends`, `profiles`, `ep_sizes`; and `build`, a build
@@ -85,8 +89,28 @@ def moe_comm_nightly():
     def analyze(dag_run=None) -> dict:
         from moecomm_tasks import db, nightly
 
-        # Sends what earlier runs could not deliver, then this run's digest, through the outbox.
-        return nightly.analyze(db.results_engine(), dag_run.run_id)
+        # Sends what earlier runs could not deliver; the new alerts are candidates until confirmed.
+        return nightly.analyze(db.results_engine(), dag_run.run_id, MATRIX)
+
+    @task(execution_timeout=timedelta(minutes=5), retry_policy=FINAL_FAILURES)
+    def recheck_plan(queue: str) -> list[dict]:
+        from moecomm_tasks import confirm, db
+
+        return confirm.jobs_for_queue(db.results_engine(), MATRIX, queue)
+
+    # The candidates' jobs run again, on their own node's queue, under the run's confirmation run.
+    @task(execution_timeout=JOB_TIMEOUT, retry_policy=FINAL_FAILURES)
+    def recheck(job: dict, dag_run=None) -> dict:
+        from moecomm_tasks import confirm, db
+        from moecomm_tasks.matrix import Job
+
+        return confirm.rerun(db.results_engine(), MATRIX, Job(**job), dag_run.run_id, dag_run.run_after).as_dict()
+
+    @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10), retry_policy=FINAL_FAILURES)
+    def confirm(dag_run=None) -> dict:
+        from moecomm_tasks import db, nightly
+
+        return nightly.confirm(db.results_engine(), dag_run.run_id, MATRIX)
 
     @task(trigger_rule="all_done", execution_timeout=timedelta(minutes=10), retry_policy=FINAL_FAILURES)
     def report(dag_run=None) -> dict:
@@ -118,10 +142,18 @@ def moe_comm_nightly():
     ]
     # The run's state is its leaves': `verdict` fails it when any planned job did not succeed.
     analyzed = analyze()
-    runs >> analyzed >> report() >> verdict(plans)
-    # A run of the bisection DAG per alert to bisect (none is triggered twice for one alert).
+    runs >> analyzed
+    rechecks = []
+    for queue in MATRIX.queues:
+        jobs = recheck_plan.override(task_id=f"recheck_plan__{queue}")(queue)
+        analyzed >> jobs
+        rechecks.append(recheck.override(task_id=f"recheck__{queue}", queue=queue, pool=MATRIX.pool,
+                                         pool_slots=MATRIX.pool_slots).expand(job=jobs))
+    confirmed = confirm()
+    rechecks >> confirmed >> report() >> verdict(plans)
+    # A run of the bisection DAG per confirmed regression to bisect (none is triggered twice).
     bisections = to_bisect()
-    analyzed >> bisections
+    confirmed >> bisections
     TriggerDagRunOperator.partial(task_id="bisect", trigger_dag_id="moe_comm_bisect", skip_when_already_exists=True,
                                   execution_timeout=timedelta(minutes=5), retries=0).expand_kwargs(bisections)
 

@@ -53,11 +53,14 @@ def _provenance(conn: sa.Connection, run_id: str, job_key: str) -> dict[str, Any
 
 
 def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequence[str] = (),
-                  digest: str = "") -> list[dict[str, Any]]:
+                  digest: str = "", confirm: bool = False) -> list[dict[str, Any]]:
     """Detect changes in every series' history; store the new ones; return them (oldest first).
 
-    With `deliver_to` (channel names), the new alerts are queued in the outbox on those channels
-    under the digest title `digest`, in the transaction that stores them."""
+    With `confirm`, the new alerts are candidates, sent only once a re-run of their job agrees
+    (moecomm_tasks.confirm); without, they count as confirmed as they are. Confirmed new alerts
+    are queued in the outbox on the channels `deliver_to` under the digest title `digest`, in the
+    transaction that stores them."""
+    confirmation = "candidate" if confirm else "confirmed"
     raised = []
     with engine.begin() as conn:
         for key, nights in _history(conn).items():
@@ -77,18 +80,20 @@ def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequenc
                                        cuda_graph, pdl, perfect_router, payload_in_workspace,
                                        low_precision_combine, timing_method,
                                        direction, change_pct, confidence, baseline_us, after_us,
-                                       last_good_run_id, first_bad_run_id, detected_run_id, provenance_diff)
+                                       last_good_run_id, first_bad_run_id, detected_run_id, provenance_diff,
+                                       confirmation, confirm_note)
                     VALUES (:backend, :profile, :ep_size, :quant_algo, :local_batch_size, :op, :gpu_model,
                             :cuda_graph, :pdl, :perfect_router, :payload_in_workspace,
                             :low_precision_combine, :timing_method,
                             :direction, :change_pct, :confidence, :baseline, :after, :good, :bad, :detected,
-                            CAST(:diff AS jsonb))
+                            CAST(:diff AS jsonb), :confirmation, :confirm_note)
                     ON CONFLICT ON CONSTRAINT alert_change_key DO NOTHING
                     RETURNING alert_pk"""), {
                     **dict(zip(SERIES, key)), "direction": change.direction, "change_pct": change.change_pct,
                     "confidence": change.confidence, "baseline": change.baseline, "after": change.after,
                     "good": good.run_id, "bad": bad.run_id, "detected": nights[change.detected_at].run_id,
-                    "diff": json.dumps(diff, default=str),
+                    "diff": json.dumps(diff, default=str), "confirmation": confirmation,
+                    "confirm_note": None if confirm else "not re-run (confirmation off)",
                 }).first()
                 if row is not None:
                     raised.append({
@@ -96,9 +101,10 @@ def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequenc
                         "change_pct": round(change.change_pct, 3), "confidence": round(change.confidence, 4),
                         "baseline_us": change.baseline, "after_us": change.after,
                         "last_good_run_id": good.run_id, "first_bad_run_id": bad.run_id,
-                        "provenance_diff": diff,
+                        "provenance_diff": diff, "confirmation": confirmation,
                     })
-        outbox.enqueue(conn, [a["alert_id"] for a in raised], deliver_to, digest)
+        if not confirm:
+            outbox.enqueue(conn, [a["alert_id"] for a in raised], deliver_to, digest)
     return raised
 
 
@@ -109,7 +115,7 @@ def list_alerts(engine: Engine, state: str | None = None) -> list[sa.Row]:
             SELECT a.alert_pk AS id, a.state, a.direction, round(a.change_pct::numeric, 2) AS change_pct,
                    round(a.confidence::numeric, 4) AS confidence, a.backend, a.profile, a.ep_size, a.local_batch_size,
                    a.op, a.gpu_model, a.last_good_run_id, a.first_bad_run_id, a.state_note,
-                   v.state AS bisection_state, v.first_bad_build, v.commit_range
+                   a.confirmation, a.confirm_note, v.state AS bisection_state, v.first_bad_build, v.commit_range
             FROM alert a
             LEFT JOIN LATERAL (SELECT state, first_bad_build, commit_range FROM bisection_verdict
                                WHERE alert_id = a.alert_pk ORDER BY bisection_id DESC LIMIT 1) v ON true

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from moecomm_tasks import bisection_search as search
-from moecomm_tasks import nightly
+from moecomm_tasks import nightly, query
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.matrix import Build, Job, Matrix
 from moecomm_tasks.names import safe_name
@@ -54,10 +54,9 @@ class Plan:
 
 
 def is_confirmed(alert: Mapping[str, Any]) -> bool:
-    """Whether an alert counts as a confirmed regression, which the nightly DAG hands to the
-    bisection DAG. Confirmation (re-running the flagged job before anyone is paged) is not built
-    yet: until it is, every regression alert counts; this is the one place that reads it."""
-    return alert["direction"] == "regression"
+    """Whether an alert is a confirmed regression (its job's re-run agreed, moecomm_tasks.confirm),
+    which the nightly DAG hands to the bisection DAG."""
+    return alert["direction"] == "regression" and alert["confirmation"] == "confirmed"
 
 
 def _alert(conn: sa.Connection, alert_id: int) -> sa.Row:
@@ -128,7 +127,7 @@ def eligible(engine: Engine, matrix: Matrix, run_id: str) -> list[int]:
     with builds in the catalog between their last good and first bad run."""
     with engine.connect() as conn:
         alerts = conn.execute(sa.text("""
-            SELECT a.alert_pk, a.direction FROM alert a
+            SELECT a.alert_pk, a.direction, a.confirmation FROM alert a
             WHERE a.detected_run_id = :run AND NOT EXISTS (SELECT 1 FROM bisection b WHERE b.alert_pk = a.alert_pk)
             ORDER BY a.alert_pk"""), {"run": run_id}).all()
     chosen = []
@@ -166,17 +165,6 @@ def _start(engine: Engine, matrix: Matrix, chosen: Plan, requested_by: str) -> i
             "alert": chosen.alert_id, "by": requested_by, "good": chosen.builds[0].name,
             "bad": chosen.builds[-1].name, "builds": json.dumps(builds), "settings": json.dumps(settings),
             "max_probes": search.max_probes(len(chosen.builds))}).scalar_one()
-
-
-def _value(conn: sa.Connection, run_id: str, series: Mapping[str, Any]) -> float | None:
-    """The run's value of the series: the slowest rank's median iteration time, its mean without
-    --iter_stats (the detector's night value, as nightly_series computes it; read from the tables
-    since the views leave bisection runs out)."""
-    return conn.execute(sa.text("""
-        SELECT COALESCE((SELECT max(v) FROM unnest(m.median_us) AS v), (SELECT max(v) FROM unnest(m.mean_us) AS v))
-        FROM measurement m JOIN job j USING (job_pk) JOIN run r USING (run_pk)
-        WHERE r.run_id = :run AND m.backend = :backend AND m.local_batch_size = :size AND m.op = :op"""),
-        {"run": run_id, "backend": series["backend"], "size": series["local_batch_size"], "op": series["op"]}).scalar()
 
 
 def _skips(conn: sa.Connection, run_id: str) -> list[str]:
@@ -224,7 +212,7 @@ class _Prober:
                 tail = _stderr_tail(self.artifacts / safe_name(run_id) / safe_name(job.name))
                 raise search.BuildFailed(f"{exc}" + (f"; stderr: {tail}" if tail else "")) from exc
             with self.engine.connect() as conn:
-                value, skips = _value(conn, run_id, self.plan.series), _skips(conn, run_id)
+                value, skips = query.night_value(conn, run_id, self.plan.series), _skips(conn, run_id)
             runs.append((run_id, value))
             if value is None:
                 raise search.BuildFailed(f"run {run_id} measured nothing for {self.plan.series['backend']} at "

@@ -13,7 +13,7 @@ import contextlib
 import json
 import logging
 import sys
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Sequence
 
@@ -217,7 +217,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.notify:  # first what earlier runs could not deliver
         _print_deliveries(outbox.deliver_due(engine))
     channels = list(notify.channels()) if args.notify else []
-    raised = alerts.run_detection(engine, deliver_to=channels, digest=args.notify or "")
+    raised = alerts.run_detection(engine, deliver_to=channels, digest=args.notify or "", confirm=not args.unconfirmed)
+    candidates = sum(a["confirmation"] == "candidate" for a in raised)
+    if candidates:
+        err_console.print(f"{candidates} new alert(s) are candidates: `moecomm confirm` runs their jobs again and "
+                          "sends those that the re-run confirms (the nightly DAG does this itself)")
     if args.notify:
         _print_deliveries(outbox.deliver_due(engine), empty="nothing new, nothing sent" if channels
                           else "no channel configured (README, Configuration)")
@@ -225,10 +229,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         print(json.dumps(raised, indent=2, default=str))
     else:
         _table(f"{len(raised)} new alert(s)", ["id", "direction", "change %", "confidence", "backend", "profile", "ep",
-                                                "size", "op", "last good", "first bad"],
+                                                "size", "op", "last good", "first bad", "confirmation"],
                [(a["alert_id"], a["direction"], a["change_pct"], a["confidence"], a["backend"], a["profile"],
-                 a["ep_size"], a["local_batch_size"], a["op"], a["last_good_run_id"], a["first_bad_run_id"])
-                for a in raised])
+                 a["ep_size"], a["local_batch_size"], a["op"], a["last_good_run_id"], a["first_bad_run_id"],
+                 a["confirmation"]) for a in raised])
     return EXIT_OK
 
 
@@ -252,14 +256,33 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
         rows = alerts.list_alerts(engine, args.state)
         _table(None, ["id", "state", "direction", "change %", "confidence", "backend", "profile", "ep", "size", "op",
-                      "gpu", "last good", "first bad", "note", "bisection"],
-               [(*row[:14], short(row.bisection_state, row.first_bad_build, row.commit_range)) for row in rows])
+                      "gpu", "last good", "first bad", "note", "confirmation", "bisection"],
+               [(*row[:14], row.confirmation, short(row.bisection_state, row.first_bad_build, row.commit_range))
+                for row in rows])
         return EXIT_OK
     if args.id is None:
         raise MoecommError(f"moecomm alerts {args.action} needs an alert id")
     state = {"ack": "acknowledged", "resolve": "resolved", "mute": "muted"}[args.action]
     alerts.set_state(engine, args.id, state, args.note)
     console.print(f"alert {args.id}: {state}")
+    return EXIT_OK
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from moecomm_tasks import confirm, notify, outbox
+    from moecomm_tasks.matrix import load_matrix
+
+    engine, matrix = _engine(), load_matrix(args.matrix)
+    now = datetime.now(timezone.utc)
+    run_id = args.run_id or f"confirm-{now:%Y%m%dT%H%M%S}"
+    channels = list(notify.channels()) if args.notify else []
+    decisions = confirm.run_all(engine, matrix, run_id, now, channels, args.notify or run_id)
+    _table(f"{len(decisions)} candidate(s) decided (re-runs under run {confirm.recheck_run_id(run_id)})",
+           ["id", "confirmation", "re-run µs", "position", "note"],
+           [(d.alert_id, d.confirmation.value, d.value_us, d.position, d.note) for d in decisions])
+    if args.notify:
+        _print_deliveries(outbox.deliver_due(engine), empty="nothing confirmed, nothing sent" if channels
+                          else "no channel configured (README, Configuration)")
     return EXIT_OK
 
 
@@ -379,6 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("detect", help="detect changes in the stored history; print the new alerts")
     p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--unconfirmed", action="store_true",
+                   help="store the new alerts as confirmed without re-running their jobs (and send them with --notify)")
     p.add_argument("--notify", metavar="TITLE", help="send the new alerts as one digest under this title (a run id) "
                                                      "to the channels configured in the environment (see README)")
     p.set_defaults(func=cmd_detect)
@@ -390,6 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", choices=["open", "acknowledged", "resolved", "muted"], help="with list: only this state")
     p.add_argument("--note", help="with ack, resolve or mute: why")
     p.set_defaults(func=cmd_alerts)
+
+    p = sub.add_parser("confirm", help="run the jobs of the candidate alerts again here and confirm those the "
+                                       "re-run agrees with (the nightly DAG does this itself)")
+    p.add_argument("--matrix", help="a matrix file or a shipped matrix's name (default: MOECOMM_MATRIX, else cpu)")
+    p.add_argument("--run-id", help="the run the re-runs belong to (default: confirm-<now>); they are stored "
+                                    "under <run id>-recheck")
+    p.add_argument("--notify", metavar="TITLE", help="send the confirmed alerts as one digest under this title")
+    p.set_defaults(func=cmd_confirm)
 
     p = sub.add_parser("bisect", help="bisect a regression alert over the matrix's builds: the bisection DAG, "
                                       "once, in this process; then its verdict (see README: Bisection)")

@@ -131,6 +131,20 @@ def load_samples(args: argparse.Namespace) -> int:
 REGRESSION_NIGHTS, REGRESSION_BAD_NIGHTS, REGRESSION_PASSES = 21, 4, 40
 
 
+def regression_matrix(passes: int = 0):
+    """The regression demo's one-job matrix (TORCH_ALLTOALL, gpt_oss, EP 2 on CPUs, 96 tokens),
+    with `passes` extra passes over the combine output."""
+    from moecomm_tasks.matrix import parse_matrix
+
+    extra = ["--extra_combine_passes", str(passes)] if passes else []
+    return parse_matrix({
+        "backends": ["TORCH_ALLTOALL"], "profiles": ["gpt_oss"], "ep_sizes": [2], "timeout_s": 120,
+        "worker_args": ["--device", "cpu", *extra],
+        "sweep": {"min": 96, "max": 96, "iters": 60, "warmup": 5, "iter_stats": True},
+        "launcher": {"kind": "local", "oversubscribe": True},
+    }, "the regression demo")
+
+
 def regression_nights(engine, artifacts: Path, *, nights: int = REGRESSION_NIGHTS,
                       bad_nights: int = REGRESSION_BAD_NIGHTS, passes: int = REGRESSION_PASSES,
                       start: datetime | None = None, progress=None) -> list[str]:
@@ -142,17 +156,8 @@ def regression_nights(engine, artifacts: Path, *, nights: int = REGRESSION_NIGHT
     from datetime import timedelta
 
     from moecomm_tasks import nightly
-    from moecomm_tasks.matrix import parse_matrix
 
-    def matrix(extra: list[str]):
-        return parse_matrix({
-            "backends": ["TORCH_ALLTOALL"], "profiles": ["gpt_oss"], "ep_sizes": [2], "timeout_s": 120,
-            "worker_args": ["--device", "cpu", *extra],
-            "sweep": {"min": 96, "max": 96, "iters": 60, "warmup": 5, "iter_stats": True},
-            "launcher": {"kind": "local", "oversubscribe": True},
-        }, "the regression demo")
-
-    good, bad = matrix([]), matrix(["--extra_combine_passes", str(passes)])
+    good, bad = regression_matrix(), regression_matrix(passes)
     start = start or datetime(2026, 1, 1, 2, 0, tzinfo=timezone.utc)
     stamp = start.strftime("%Y%m%d")
     run_ids = []
@@ -171,7 +176,7 @@ def regression(args: argparse.Namespace) -> int:
     """`moecomm demo --regression`: real nights, a real slowdown, and the detector's alert."""
     import json
 
-    from moecomm_tasks import alerts
+    from moecomm_tasks import alerts, confirm
     from moecomm_tasks.cli import _engine, console, err_console
 
     import sqlalchemy as sa
@@ -179,8 +184,9 @@ def regression(args: argparse.Namespace) -> int:
     require_worker_packages()
     started = time.monotonic()
     engine = _engine()
-    with engine.begin() as conn:  # a previous demo's nights (and their alerts) make way for this one's
-        dropped = conn.execute(sa.text("DELETE FROM run WHERE run_id LIKE 'regression-demo-%'")).rowcount
+    with engine.begin() as conn:  # a previous demo's nights, re-runs and alerts make way for this one's
+        dropped = conn.execute(sa.text("DELETE FROM run WHERE run_id LIKE 'regression-demo-%' AND kind = 'nightly'")).rowcount
+        conn.execute(sa.text("DELETE FROM run WHERE run_id LIKE 'regression-demo-%'"))
     if dropped:
         err_console.print(f"Replacing the {dropped} nights of the previous regression demo.")
     err_console.print(f"Running the worker {REGRESSION_NIGHTS} nights, then {REGRESSION_BAD_NIGHTS} nights with "
@@ -188,7 +194,19 @@ def regression(args: argparse.Namespace) -> int:
     regression_nights(engine, moecomm_home() / "regression-demo",
                       progress=(lambda i, n: err_console.print(f"  night {i}/{n}", end="\r"))
                       if err_console.is_terminal else None)
-    raised = [a for a in alerts.run_detection(engine) if a["last_good_run_id"].startswith("regression-demo-")]
+    raised = [a for a in alerts.run_detection(engine, confirm=True) if a["last_good_run_id"].startswith("regression-demo-")]
+    # Before anyone is paged, the candidates' job runs again (the slowdown is still there).
+    err_console.print(f"{len(raised)} candidate alert(s): running their job again to confirm them ...")
+    run_id = f"regression-demo-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+    decisions = {d.alert_id: d for d in confirm.run_all(engine, regression_matrix(REGRESSION_PASSES), run_id,
+                                                          datetime.now(timezone.utc),
+                                                          artifacts_in=moecomm_home() / "regression-demo",
+                                                          only={a["alert_id"] for a in raised})}
+    for alert in raised:
+        if alert["alert_id"] in decisions:
+            alert.update(confirmation=decisions[alert["alert_id"]].confirmation.value,
+                         confirmation_note=decisions[alert["alert_id"]].note)
     console.print(json.dumps(raised, indent=2, default=str), markup=False, highlight=False)
     console.print(f"\n{len(raised)} alert(s) from real measurements; {time.monotonic() - started:.0f} s", markup=False)
-    return 0 if any(a["op"] == "combine" and a["direction"] == "regression" for a in raised) else 1
+    return 0 if any(a["op"] == "combine" and a["direction"] == "regression" and a.get("confirmation") == "confirmed"
+                    for a in raised) else 1

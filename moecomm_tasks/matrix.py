@@ -222,6 +222,16 @@ class Build(_Strict):
         return f"{self.name} ({self.commit or self.version})"
 
 
+class Confirmation(_Strict):
+    """Re-running the jobs of new alerts before anyone is paged (moecomm_tasks.confirm)."""
+
+    # Jobs re-run at most per night (the rest wait, oldest first); 0: alerts are sent unconfirmed.
+    max_jobs: Annotated[int, Field(ge=0)] = 4
+    # A re-run agrees when it lies at least this far from the baseline towards the alert's level
+    # after the change (0: the baseline, 1: that level; on a log scale).
+    agree: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+
+
 class Bisection(_Strict):
     """How the bisection DAG decides (moecomm_tasks.bisection_search states the test)."""
 
@@ -294,6 +304,7 @@ class Matrix(_Strict):
     builds: list[Build] = []
     night_build: str | None = None
     bisection: Bisection = Bisection()
+    confirmation: Confirmation = Confirmation()
 
     _worker_args = field_validator("worker_args")(_check_args)
     _env = field_validator("env")(_check_env)

@@ -141,17 +141,30 @@ def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: 
     return outcome
 
 
-def analyze(engine: Engine, run_id: str) -> dict[str, Any]:
-    """The `analyze` task: first send the alert digests earlier runs could not deliver, then detect,
-    queue the new alerts on every configured channel (one digest titled with the run id) and send
-    them. A channel that fails is recorded in the outbox and tried again by the next run (or
-    `moecomm detect --notify`); nothing is sent when nothing is new."""
+def analyze(engine: Engine, run_id: str, matrix: Matrix) -> dict[str, Any]:
+    """The `analyze` task: first send the alert digests earlier runs could not deliver, then detect.
+    The new alerts are candidates that `confirm` judges after their jobs ran again; with
+    confirmation off (`matrix.confirmation.max_jobs = 0`) they are queued at once on every
+    configured channel (one digest titled with the run id) and sent. A channel that fails is
+    recorded in the outbox and tried again by the next run (or `moecomm detect --notify`)."""
     from moecomm_tasks import alerts, notify, outbox
 
     earlier = outbox.deliver_due(engine)
-    new_alerts = alerts.run_detection(engine, deliver_to=list(notify.channels()), digest=run_id)
+    new_alerts = alerts.run_detection(engine, deliver_to=list(notify.channels()), digest=run_id,
+                                      confirm=matrix.confirmation.max_jobs > 0)
     notified = {**earlier, **outbox.deliver_due(engine)}
     return {**run_summary(engine, run_id), "new_alerts": new_alerts, "notified": notified}
+
+
+def confirm(engine: Engine, run_id: str, matrix: Matrix) -> dict[str, Any]:
+    """The `confirm` task: judge the candidates by their jobs' re-runs (`recheck__<queue>`), queue
+    the confirmed ones on every configured channel under the run's digest, and send."""
+    from moecomm_tasks import confirm as confirmation, notify, outbox
+
+    decisions = confirmation.decide(engine, matrix, run_id, list(notify.channels()), run_id)
+    return {"decided": confirmation.summary(decisions), "notified": outbox.deliver_due(engine),
+            "alerts": [{"alert_id": d.alert_id, "confirmation": d.confirmation.value, "note": d.note}
+                       for d in decisions]}
 
 
 def run_summary(engine: Engine, run_id: str) -> dict[str, Any]:

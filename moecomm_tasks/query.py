@@ -206,3 +206,19 @@ def compare(engine: Engine, run_a: str, run_b: str) -> list[sa.Row]:
                   b.timing_method)
             ORDER BY profile, ep_size, backend, local_batch_size, op, timing_method
         """), {"a": run_a, "b": run_b}))
+
+
+def night_value(conn: sa.Connection, run_id: str, series: Mapping[str, Any]) -> float | None:
+    """One run's value of one series: the slowest rank's median iteration time, its mean without
+    --iter_stats (the detector's night value, as nightly_series computes it). Read from the
+    tables, so that it also reads the runs the views leave out (bisection and confirmation runs).
+    `series` holds the series key's fields (an alert row does); the GPU model is not compared."""
+    return conn.execute(sa.text("""
+        SELECT COALESCE((SELECT max(v) FROM unnest(m.median_us) AS v), (SELECT max(v) FROM unnest(m.mean_us) AS v))
+        FROM measurement m JOIN job j USING (job_pk) JOIN run r USING (run_pk)
+        WHERE r.run_id = :run AND m.backend = :backend AND j.profile = :profile AND j.ep_size = :ep_size
+          AND COALESCE(j.quant_algo, '') = COALESCE(:quant_algo, '') AND m.local_batch_size = :local_batch_size
+          AND m.op = :op AND m.cuda_graph = :cuda_graph AND m.pdl = :pdl AND m.perfect_router = :perfect_router
+          AND m.payload_in_workspace = :payload_in_workspace AND m.low_precision_combine = :low_precision_combine
+          AND m.timing_method = :timing_method
+        LIMIT 1"""), {"run": run_id, **{k: series[k] for k in SERIES_KEY if k != "gpu_model"}}).scalar()

@@ -79,10 +79,10 @@ def alert_between(engine, good_build: str, bad_build: str, change_pct: float = 1
             INSERT INTO alert (backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, cuda_graph, pdl,
                                perfect_router, payload_in_workspace, low_precision_combine, timing_method, direction,
                                change_pct, confidence, baseline_us, after_us, last_good_run_id, first_bad_run_id,
-                               detected_run_id)
+                               detected_run_id, confirmation)
             VALUES (:backend, :profile, :ep_size, :quant_algo, :local_batch_size, :op, :gpu_model, :cuda_graph, :pdl,
                     :perfect_router, :payload_in_workspace, :low_precision_combine, :timing_method, :direction, :change,
-                    0.999, 540.0, :after, :good, :bad, :detected) RETURNING alert_pk"""),
+                    0.999, 540.0, :after, :good, :bad, :detected, 'confirmed') RETURNING alert_pk"""),
             {**SERIES, "direction": direction, "change": change_pct, "after": 540.0 * (1 + change_pct / 100),
              "good": good_run, "bad": bad_run, "detected": detected or bad_run}).scalar_one()
 
@@ -372,7 +372,7 @@ dag = DagBag(dag_folder=str(demo.dags_folder())).dags["moe_comm_nightly"]
 dag.deadline = None  # needs the scheduler, which dag.test() does without (as in moecomm demo)
 # The night's benchmarks and detection are other tests' business: here they count as done.
 run = dag.test(logical_date=when, run_after=when,
-               mark_success_pattern=r"^(plan__.*|run_benchmark__.*|analyze|report|verdict)$")
+               mark_success_pattern=r"^(plan__.*|run_benchmark__.*|analyze|recheck_plan__.*|recheck__.*|confirm|report|verdict)$")
 with create_session() as session:
     runs = [{"dag_id": r.dag_id, "run_id": r.run_id, "conf": r.conf} for r in session.query(DagRun)]
 print(json.dumps({"state": str(run.state), "runs": runs}))

@@ -71,8 +71,8 @@ def test_dag_imports_without_a_database_and_follows_the_policy(tmp_path):
     assert facts["deadlines"] == [["DagRunQueuedAtDeadline", 6 * 3600.0, "moecomm_tasks.deadline.report_late_run",
                                    {"deadline_s": 6 * 3600}]]
     tasks = facts["tasks"]
-    assert set(tasks) == {"plan__gpu-node-1", "run_benchmark__gpu-node-1", "analyze", "report", "verdict",
-                          "to_bisect", "bisect"}
+    assert set(tasks) == {"plan__gpu-node-1", "run_benchmark__gpu-node-1", "analyze", "recheck_plan__gpu-node-1",
+                          "recheck__gpu-node-1", "confirm", "report", "verdict", "to_bisect", "bisect"}
     assert all(t["timeout"] for t in tasks.values()), "every task has an execution_timeout"
     run = tasks["run_benchmark__gpu-node-1"]
     assert run["mapped"] and run["queue"] == "gpu-node-1" and run["pool"] == "moe_gpu"
@@ -83,12 +83,21 @@ def test_dag_imports_without_a_database_and_follows_the_policy(tmp_path):
     assert tasks["verdict"]["trigger_rule"] == "all_done" and "report" in tasks["verdict"]["upstream"]
     # An infrastructure failure (the database down, dying or not answering) is retried by Airflow;
     # a failed benchmark or a database whose migrations are not this moecomm's is not.
-    for name in ("run_benchmark__gpu-node-1", "analyze", "report", "verdict"):
+    for name in ("run_benchmark__gpu-node-1", "analyze", "recheck_plan__gpu-node-1", "recheck__gpu-node-1", "confirm",
+                 "report", "verdict"):
         assert tasks[name]["retries"] >= 1, name
         assert tasks[name]["policy"] == {"benchmark": "fail", "schema": "fail", "database": "default",
                                          "stalled": "default", "unreachable": "default"}, name
-    # New regressions with builds between their ends go to the bisection DAG, one run per alert.
-    assert tasks["to_bisect"]["upstream"] == ["analyze"] and tasks["bisect"]["upstream"] == ["to_bisect"]
+    # New alerts are candidates: their jobs run again on their own queue, as mapped tasks in the
+    # benchmark pool, and `confirm` (whatever the re-runs did) sends only those the re-run confirms.
+    recheck = tasks["recheck__gpu-node-1"]
+    assert recheck["mapped"] and recheck["queue"] == "gpu-node-1" and recheck["pool"] == "moe_gpu"
+    assert recheck["timeout"] == run["timeout"] and recheck["upstream"] == ["recheck_plan__gpu-node-1"]
+    assert tasks["recheck_plan__gpu-node-1"]["upstream"] == ["analyze"]
+    assert tasks["confirm"]["trigger_rule"] == "all_done" and tasks["confirm"]["upstream"] == ["recheck__gpu-node-1"]
+    assert tasks["report"]["upstream"] == ["confirm"]
+    # Confirmed regressions with builds between their ends go to the bisection DAG, one run per alert.
+    assert tasks["to_bisect"]["upstream"] == ["confirm"] and tasks["bisect"]["upstream"] == ["to_bisect"]
     assert tasks["bisect"]["mapped"] and tasks["bisect"]["retries"] == 0
 
 

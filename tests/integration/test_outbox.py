@@ -14,6 +14,7 @@ from faults import FlakyWebhook
 
 from moecomm_tasks import alerts, nightly, outbox
 from moecomm_tasks.cli import main
+from moecomm_tasks.matrix import parse_matrix
 
 pytestmark = pytest.mark.integration
 
@@ -37,7 +38,7 @@ def test_a_webhook_down_at_night_gets_the_digest_at_the_next_attempt(engine, wee
     monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)
     monkeypatch.setenv("MOECOMM_ALERT_WEBHOOK_URL", webhook.url)
     monkeypatch.setenv("MOECOMM_DELIVERY_RETRY_S", "1")
-    assert main(["detect", "--notify", "night-27"]) == 0
+    assert main(["detect", "--unconfirmed", "--notify", "night-27"]) == 0
     err = capsys.readouterr().err
     assert "notification webhook night-27: failed (attempt 1 of 8): HTTPError: HTTP Error 503" in err
     assert webhook.requests == 1 and webhook.received == []
@@ -49,11 +50,11 @@ def test_a_webhook_down_at_night_gets_the_digest_at_the_next_attempt(engine, wee
     assert "pending" in listed and "HTTP Error 503" in listed
 
     # Not due yet (backing off): nothing is tried.
-    assert main(["detect", "--notify", "night-28"]) == 0
+    assert main(["detect", "--unconfirmed", "--notify", "night-28"]) == 0
     assert "notifications: nothing new, nothing sent" in capsys.readouterr().err and webhook.requests == 1
     # Due: the next `detect --notify` first sends what is pending; the digest arrives once.
     time.sleep(1.1)
-    assert main(["detect", "--notify", "night-29"]) == 0
+    assert main(["detect", "--unconfirmed", "--notify", "night-29"]) == 0
     assert "notification webhook night-27: sent (1 alerts)" in capsys.readouterr().err
     (digest,) = webhook.received
     assert digest["run_id"] == "night-27" and digest["title"].startswith("moecomm night-27: 1 new alert(s)")
@@ -61,7 +62,7 @@ def test_a_webhook_down_at_night_gets_the_digest_at_the_next_attempt(engine, wee
     assert (alert["backend"], alert["op"], alert["local_batch_size"]) == ("TORCH_ALLTOALL", "combine", 1024)
     (row,) = delivery_rows(engine)
     assert row.attempts == 2 and row.delivered_at is not None and row.last_error is None
-    assert main(["detect", "--notify", "night-30"]) == 0 and webhook.requests == 2  # never twice
+    assert main(["detect", "--unconfirmed", "--notify", "night-30"]) == 0 and webhook.requests == 2  # never twice
     assert main(["alerts", "deliveries"]) == 0 and "delivered" in capsys.readouterr().out
 
 
@@ -69,12 +70,14 @@ def test_the_nightly_analyze_task_first_sends_what_earlier_runs_could_not(engine
                                                                           monkeypatch):
     monkeypatch.setenv("MOECOMM_ALERT_WEBHOOK_URL", webhook.url)
     monkeypatch.setenv("MOECOMM_DELIVERY_RETRY_S", "0")
-    first = nightly.analyze(engine, "night-27")
+    unconfirmed = parse_matrix({"backends": ["TORCH_ALLTOALL"], "profiles": ["deepseek_v3"], "ep_sizes": [2],
+                                "confirmation": {"max_jobs": 0}})  # alerts sent without re-running their jobs
+    first = nightly.analyze(engine, "night-27", unconfirmed)
     assert len(first["new_alerts"]) == 1 and first["notified"]["webhook night-27"].startswith("failed (attempt 1")
-    second = nightly.analyze(engine, "night-28")  # the next night: nothing new, the pending digest goes out
+    second = nightly.analyze(engine, "night-28", unconfirmed)  # the next night: nothing new, the pending digest goes out
     assert second["new_alerts"] == [] and second["notified"] == {"webhook night-27": "sent (1 alerts)"}
     assert [d["run_id"] for d in webhook.received] == ["night-27"]
-    assert nightly.analyze(engine, "night-29")["notified"] == {} and webhook.requests == 2
+    assert nightly.analyze(engine, "night-29", unconfirmed)["notified"] == {} and webhook.requests == 2
 
 
 @pytest.mark.parametrize("webhook", [{"failures": 100}], indirect=True)
