@@ -179,15 +179,18 @@ def _confidence(score: float, tests: int) -> float:
 
 
 def detect(values: Sequence[float], stderr: Sequence[float] | None = None, params: Params = Params(),
-           shape: Sequence[float] | None = None) -> list[Change]:
+           shape: Sequence[float] | None = None, start: int = 0, first_test: int = 0) -> list[Change]:
     """The sustained changes in a series of nightly values (oldest first), given each night's
-    standard error (`median_stderr`) and shape where known (NaN or None where not)."""
+    standard error (`median_stderr`) and shape where known (NaN or None where not).
+
+    Resuming a scan: `start` is where the baseline starts (the first bad night of the last change
+    found, 0 if none) and `first_test` the first night not tested yet. A scan resumed after night
+    n - 1 with the same earlier nights finds what a full scan finds after night n - 1."""
     x = np.asarray(values, dtype=float)
     se = np.zeros_like(x) if stderr is None else np.nan_to_num(np.asarray(stderr, dtype=float))
     form = np.full(len(x), np.nan) if shape is None else np.asarray(shape, dtype=float)
     changes: list[Change] = []
-    start = 0
-    t = start + params.min_baseline + 1
+    t = max(start + params.min_baseline + 1, first_test)
     while t < len(x):
         best: tuple[float, int] | None = None
         for window in range(2, params.max_window + 1):
@@ -242,3 +245,22 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
         start = first_bad
         t = start + params.min_baseline + 1
     return changes
+
+
+@dataclass(frozen=True)
+class SeriesInput:
+    """One series' nights as the detector sees them (oldest first): the night values, their
+    standard errors and shapes (NaN where unknown), and the runs they came from, by which the
+    members of a group line up night by night."""
+    values: Sequence[float]
+    stderr: Sequence[float] | None = None
+    shape: Sequence[float] | None = None
+    runs: Sequence[str] = ()
+    start: int = 0        # resuming: see `detect`
+    first_test: int = 0
+
+
+def detect_group(members: dict, params: Params = Params()) -> dict:
+    """The changes of every member of a group of series measured in the same runs (one job's
+    sizes and ops: they share each night's noise), keyed as `members` is."""
+    return {key: detect(m.values, m.stderr, params, m.shape, m.start, m.first_test) for key, m in members.items()}

@@ -69,7 +69,7 @@ def test_the_control_plane_imports_no_torch(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     facts = json.loads(result.stdout.strip().splitlines()[-1])
     assert facts["errors"] == {} and facts["loaded"] == []
-    assert facts["dags"] == ["moe_comm_nightly"]
+    assert facts["dags"] == ["moe_comm_bisect", "moe_comm_nightly"]
 
 
 def test_the_blocker_would_see_torch():

@@ -168,15 +168,22 @@ def test_the_nightly_on_airflow_services(launcher, request, http_sink, tmp_path)
             assert run["state"] == "success", [(t["task_id"], t["map_index"], t["state"]) for t in instances]
 
             # Each benchmark ran on its node's queue, and each worker ran only its own queues' tasks.
+            # A first night has no candidates: each node's recheck is mapped over nothing (skipped, on
+            # its node's queue all the same); everything else ran on the default queue.
             queues = {(t["task_id"], t["map_index"]): t["queue"] for t in instances}
-            assert sorted(k for k, q in queues.items() if q == queue_a) == [(f"run_benchmark__{queue_a}", 0),
-                                                                            (f"run_benchmark__{queue_a}", 1)]
-            assert sorted(k for k, q in queues.items() if q == queue_b) == [(f"run_benchmark__{queue_b}", 0),
-                                                                            (f"run_benchmark__{queue_b}", 1)]
+            states = {(t["task_id"], t["map_index"]): t["state"] for t in instances}
+            for queue in (queue_a, queue_b):
+                assert sorted(k for k, q in queues.items() if q == queue) == [
+                    (f"recheck__{queue}", -1), (f"run_benchmark__{queue}", 0), (f"run_benchmark__{queue}", 1)]
+                assert states[(f"recheck__{queue}", -1)] == "skipped"
+            on_default = sorted(task for (task, _), q in queues.items() if q == default_queue
+                                and states[(task, _)] != "skipped")
+            assert {f"plan__{queue_a}", f"plan__{queue_b}", f"recheck_plan__{queue_a}", f"recheck_plan__{queue_b}",
+                    "analyze", "confirm", "report", "verdict"} <= set(on_default), on_default
             ran_a, ran_b = executed(processes.logs / "worker-a.log"), executed(processes.logs / "worker-b.log")
             assert ran_b == [(f"run_benchmark__{queue_b}", queue_b)] * 2
-            assert sorted(ran_a) == sorted([(f"run_benchmark__{queue_a}", queue_a)] * 2 + [
-                (task, default_queue) for task in (f"plan__{queue_a}", f"plan__{queue_b}", "analyze", "report", "verdict")])
+            assert sorted(ran_a) == sorted([(f"run_benchmark__{queue_a}", queue_a)] * 2 +
+                                           [(task, default_queue) for task in on_default])
             assert {t["task_id"]: t["state"] for t in instances if t["task_id"] in ("analyze", "report")} == {
                 "analyze": "success", "report": "success"}
 
