@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from moecomm_tasks.bench.timing import _hold_gpu
+from moecomm_tasks.bench.timing import _hold_gpu, _l2_flush_buffer
 
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 # NCCL moves 16-byte-aligned chunks fastest; a split is rounded up to it (at most 15 bytes more).
@@ -42,8 +42,7 @@ def _time(op: Callable[[], object], device: torch.device, iters: int) -> list[fl
             op()
             times.append((time.perf_counter_ns() - start) / 1000.0)
         return times
-    l2_bytes = torch.cuda.get_device_properties(device).L2_cache_size
-    flush = torch.empty(max(2 * l2_bytes // 4, 1), dtype=torch.int32, device=device)
+    flush = _l2_flush_buffer(device)
     marks = [[torch.cuda.Event(enable_timing=True) for _ in range(2)] for _ in range(iters)]
     torch.cuda.synchronize()
     for start, end in marks:

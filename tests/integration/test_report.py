@@ -5,7 +5,6 @@ Playwright): every image must load; a screenshot is kept as a test artifact
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -13,25 +12,17 @@ import pytest
 from moecomm_tasks import alerts, report
 from moecomm_tasks.cli import main
 from moecomm_tasks.errors import MoecommError
+from live.browser import chromium
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = Path(os.environ.get("MOECOMM_TEST_ARTIFACTS", Path(__file__).parents[2] / "test-artifacts"))
-
-
-def _chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        if os.environ.get("MOECOMM_REQUIRE_BROWSER") == "1":  # CI installs it: never skip there
-            pytest.fail("Chromium is required (apt-get install chromium) and was not found")
-        pytest.skip("Chromium is not installed (apt-get install chromium); CI runs this test")
-    return found
 
 
 def _open(page_path: Path, screenshot: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"], timeout=60_000)
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"], timeout=60_000)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(page_path.resolve().as_uri(), wait_until="load", timeout=60_000)
