@@ -176,7 +176,7 @@ def cmd_trend(args: argparse.Namespace) -> int:
     if not rows:
         raise MoecommError("no series matches (see: moecomm runs, and the views in the README)")
     _table(None, ["run_id", "run_at", "excluded", "ranks", "median µs", "slowest µs", "slowest rank",
-                  "within-night stdev µs"], rows)
+                  "within-night stdev µs", "night µs (detector)"], rows)
     return EXIT_OK
 
 

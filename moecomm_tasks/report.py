@@ -1,6 +1,7 @@
 """The nightly report: `index.html` and PNG plots beside it, for anyone without dashboard access.
 
-Three sections, all read from the public views (`nightly_series`, `alert`):
+Three sections, all read from the series' nights (`series`, `series_night`: the detector's night
+value) and the alerts:
 
 * the night against its history: per (profile, EP size, backend, op), the slowest rank's time of
   every token count night by night, the report's night marked, and a table of every series'
@@ -32,8 +33,7 @@ from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.knobs import KNOB_FIELDS
 from moecomm_tasks.names import safe_name
 from moecomm_tasks.query import knob_label
-
-KNOBS = ", ".join(KNOB_FIELDS)
+from moecomm_tasks.series import SERIES_KEY
 
 HISTORY_NIGHTS = 30
 BASELINE_NIGHTS = 7
@@ -55,30 +55,27 @@ def _latest_run(conn: sa.Connection) -> str:
 
 
 def _history(conn: sa.Connection, run_id: str) -> dict[tuple, list[Point]]:
-    """Every series measured in `run_id`, with up to HISTORY_NIGHTS nights up to and including it.
-    Keyed by (profile, EP size, backend, op, size, quantization, GPU model, knobs)."""
+    """Every series measured in `run_id`, with up to HISTORY_NIGHTS nights up to and including it
+    (each series' last nights through its index: never the whole history). Keyed by (profile,
+    EP size, backend, op, size, quantization, GPU model, knobs)."""
     rows = conn.execute(sa.text(f"""
-        WITH night AS (SELECT run_at FROM run WHERE run_id = :run),
-             series AS (SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo,
-                               local_batch_size, op, COALESCE(gpu_model, '') AS gpu_model, {KNOBS}
-                        FROM nightly_series WHERE run_id = :run)
         SELECT s.backend, s.profile, s.ep_size, s.quant_algo, s.local_batch_size, s.op, s.gpu_model,
-               {', '.join('s.' + k for k in KNOB_FIELDS)},
-               n.run_id, n.run_at, COALESCE(n.slowest_rank_median_us, n.slowest_rank_us) AS value
-        FROM series s
-        JOIN nightly_series n ON n.backend = s.backend AND n.profile = s.profile AND n.ep_size = s.ep_size
-             AND COALESCE(n.quant_algo, '') = s.quant_algo AND n.local_batch_size = s.local_batch_size
-             AND n.op = s.op AND COALESCE(n.gpu_model, '') = s.gpu_model
-             AND {' AND '.join(f'n.{k} = s.{k}' for k in KNOB_FIELDS)}
-        WHERE n.run_at <= (SELECT run_at FROM night) AND NOT n.excluded
+               {', '.join('s.' + k for k in KNOB_FIELDS)}, h.run_id, h.run_at, h.night_us AS value
+        FROM series_night t
+        JOIN series s USING (series_pk)
+        CROSS JOIN LATERAL (
+            SELECT n.run_id, n.run_at, n.night_us FROM series_night n
+            WHERE n.series_pk = t.series_pk AND n.kind = 'nightly' AND NOT n.excluded AND n.run_at <= t.run_at
+            ORDER BY n.run_at DESC, n.run_id DESC LIMIT :keep) h
+        WHERE t.run_id = :run AND t.kind = 'nightly'
         ORDER BY s.profile, s.ep_size, s.backend, s.op, s.local_batch_size, {', '.join('s.' + k for k in KNOB_FIELDS)},
-                 n.run_at, n.run_id
-    """), {"run": run_id}).all()
+                 h.run_at, h.run_id
+    """), {"run": run_id, "keep": HISTORY_NIGHTS}).all()
     series: dict[tuple, list[Point]] = defaultdict(list)
     for r in rows:
         series[(r.profile, r.ep_size, r.backend, r.op, r.local_batch_size, r.quant_algo, r.gpu_model,
                 knob_label(r))].append(Point(r.run_id, r.run_at, float(r.value)))
-    return {k: v[-HISTORY_NIGHTS:] for k, v in series.items()}
+    return dict(series)
 
 
 def _alerts(conn: sa.Connection, run_id: str) -> tuple[str, list[sa.Row]]:
@@ -91,15 +88,12 @@ def _alerts(conn: sa.Connection, run_id: str) -> tuple[str, list[sa.Row]]:
 
 
 def _alert_series(conn: sa.Connection, alert: sa.Row) -> list[Point]:
-    rows = conn.execute(sa.text("""
-        SELECT run_id, run_at, COALESCE(slowest_rank_median_us, slowest_rank_us) AS value
-        FROM nightly_series
-        WHERE backend = :backend AND profile = :profile AND ep_size = :ep_size
-          AND COALESCE(quant_algo, '') = :quant_algo AND local_batch_size = :local_batch_size AND op = :op
-          AND COALESCE(gpu_model, '') = :gpu_model AND cuda_graph = :cuda_graph AND pdl = :pdl
-          AND perfect_router = :perfect_router AND payload_in_workspace = :payload_in_workspace
-          AND low_precision_combine = :low_precision_combine AND timing_method = :timing_method AND NOT excluded
-        ORDER BY run_at, run_id"""), dict(alert._mapping)).all()
+    rows = conn.execute(sa.text(f"""
+        SELECT n.run_id, n.run_at, n.night_us AS value
+        FROM series s JOIN series_night n USING (series_pk)
+        WHERE {' AND '.join(f's.{k} = :{k}' for k in SERIES_KEY)} AND n.kind = 'nightly' AND NOT n.excluded
+        ORDER BY n.run_at, n.run_id"""), {**dict(alert._mapping), "quant_algo": alert.quant_algo or "",
+                                           "gpu_model": alert.gpu_model or ""}).all()
     return [Point(r.run_id, r.run_at, float(r.value)) for r in rows]
 
 
