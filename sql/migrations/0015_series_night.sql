@@ -84,7 +84,9 @@ CREATE TABLE series_scan (
     tested_run_id TEXT        NOT NULL
 );
 
--- The nights of the jobs `jobs`, computed again from their measurements.
+-- The nights of the jobs `jobs`, computed again from their measurements. The measurements are
+-- read first, by their primary key (the OFFSET 0 fences keep it so: a plan that started from
+-- `series` would read every measurement of a backend, size and op), then each finds its series.
 CREATE FUNCTION series_night_refresh(jobs BIGINT[]) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     DELETE FROM series_night WHERE job_pk = ANY (jobs);
@@ -93,28 +95,29 @@ BEGIN
     SELECT DISTINCT m.backend, j.profile, j.ep_size, COALESCE(j.quant_algo, ''), m.local_batch_size, m.op,
            COALESCE(p.gpu_model, ''), m.cuda_graph, m.pdl, m.perfect_router, m.payload_in_workspace,
            m.low_precision_combine, m.timing_method
-    FROM measurement m JOIN job j USING (job_pk) LEFT JOIN provenance p USING (job_pk)
-    WHERE m.job_pk = ANY (jobs)
+    FROM (SELECT * FROM measurement WHERE job_pk = ANY (jobs) OFFSET 0) m
+    JOIN job j USING (job_pk) LEFT JOIN provenance p USING (job_pk)
     ON CONFLICT ON CONSTRAINT series_key DO NOTHING;
     INSERT INTO series_night
-    SELECT m.job_pk, m.backend, m.local_batch_size, m.op, s.series_pk, r.run_pk, r.run_id, r.run_at, r.kind,
-           r.excluded, j.job_key, s.profile, s.ep_size, s.quant_algo, s.gpu_model, s.cuda_graph, s.pdl,
+    SELECT m.job_pk, m.backend, m.local_batch_size, m.op, s.series_pk, m.run_pk, m.run_id, m.run_at, m.kind,
+           m.excluded, m.job_key, s.profile, s.ep_size, s.quant_algo, s.gpu_model, s.cuda_graph, s.pdl,
            s.perfect_router, s.payload_in_workspace, s.low_precision_combine, s.timing_method,
            cardinality(array_remove(m.mean_us, NULL)),
            st.median_us, st.slowest_rank_us, array_position(m.mean_us, st.slowest_rank_us) - 1,
            st.fastest_rank_us, st.within_night_stdev_us, rk.slowest_rank_median_us, rk.slowest_rank_min_us,
            rk.median_min_log_ratio,
            COALESCE(rk.slowest_rank_median_us, st.slowest_rank_us)  -- THE night value
-    FROM measurement m
-    JOIN job j USING (job_pk)
-    JOIN run r USING (run_pk)
-    LEFT JOIN provenance p USING (job_pk)
+    FROM (SELECT m.*, j.job_key, j.profile, j.ep_size, COALESCE(j.quant_algo, '') AS quant_algo,
+                 COALESCE(p.gpu_model, '') AS gpu_model, r.run_pk, r.run_id, r.run_at, r.kind, r.excluded
+          FROM (SELECT * FROM measurement WHERE job_pk = ANY (jobs) OFFSET 0) m
+          JOIN job j USING (job_pk) JOIN run r USING (run_pk) LEFT JOIN provenance p USING (job_pk)
+          OFFSET 0) m
     JOIN series s ON (s.backend, s.profile, s.ep_size, s.quant_algo, s.local_batch_size, s.op, s.gpu_model,
                       s.cuda_graph, s.pdl, s.perfect_router, s.payload_in_workspace, s.low_precision_combine,
                       s.timing_method)
-                   = (m.backend, j.profile, j.ep_size, COALESCE(j.quant_algo, ''), m.local_batch_size, m.op,
-                      COALESCE(p.gpu_model, ''), m.cuda_graph, m.pdl, m.perfect_router, m.payload_in_workspace,
-                      m.low_precision_combine, m.timing_method)
+                   = (m.backend, m.profile, m.ep_size, m.quant_algo, m.local_batch_size, m.op, m.gpu_model,
+                      m.cuda_graph, m.pdl, m.perfect_router, m.payload_in_workspace, m.low_precision_combine,
+                      m.timing_method)
     CROSS JOIN LATERAL (
         SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY v.mean_us) AS median_us,
                max(v.mean_us)                                      AS slowest_rank_us,
@@ -128,8 +131,7 @@ BEGIN
                  ORDER BY u.md DESC NULLS LAST LIMIT 1)       AS slowest_rank_min_us,
                (SELECT avg(ln(u.md / u.lo)) FROM unnest(m.median_us, m.min_us) AS u (md, lo)
                  WHERE u.lo > 0 AND u.md > 0)                 AS median_min_log_ratio
-    ) rk
-    WHERE m.job_pk = ANY (jobs);
+    ) rk;
 END $$;
 
 -- Statement-level: one refresh per COPY or INSERT, whatever its number of rows.
