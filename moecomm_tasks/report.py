@@ -115,10 +115,13 @@ def _log_axis(axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def _date_axis(axis) -> None:
-    """Nights on a date axis: a few ticks, concise labels (cheaper than rotating many)."""
+def _date_axis(axis, nights: list) -> None:
+    """Nights on a date axis: a few ticks, concise labels (cheaper than rotating many). A single
+    night keeps matplotlib's default (the locator cannot pick an interval for a zero range)."""
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
+    if len(set(nights)) < 2:
+        return
     locator = AutoDateLocator(maxticks=5)
     axis.set_major_locator(locator)
     axis.set_major_formatter(ConciseDateFormatter(locator))
@@ -171,7 +174,7 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
             line, = ax.plot(xs, [p.value for p in points], marker=".", label=f"{size} tokens")
             ax.plot([xs[-1]], [points[-1].value], marker="o", markersize=8, color=line.get_color())
         _log_axis(ax.yaxis)
-        _date_axis(ax.xaxis)
+        _date_axis(ax.xaxis, [p.run_at for q in by_size.values() for p in q])
         ax.set_ylabel("slowest rank, µs")
         ax.set_title(_label(f"{profile} EP{ep} {backend} {op}"), fontsize=10, y=1.0, pad=4)
         ax.legend(fontsize=7, ncol=2)
@@ -194,7 +197,7 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
                             f"{alert.profile} EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}"), fontsize=9,
                      y=1.0, pad=4)
         ax.legend(fontsize=7)
-        _date_axis(ax.xaxis)
+        _date_axis(ax.xaxis, [p.run_at for p in window])
         save(fig, "alerts", f"alert_{alert.alert_pk}.png",
              f"alert #{alert.alert_pk} ({alert.state}): {alert.change_pct:+.2f}%, confidence {alert.confidence:.4f}, "
              f"last good {alert.last_good_run_id}, first bad {alert.first_bad_run_id}")
