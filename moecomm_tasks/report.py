@@ -116,13 +116,17 @@ def _log_axis(axis) -> None:
 
 
 def _date_axis(axis, nights: list) -> None:
-    """Nights on a date axis: a few ticks, concise labels (cheaper than rotating many). A single
-    night keeps matplotlib's default (the locator cannot pick an interval for a zero range)."""
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    """Nights on a date axis: a few ticks, concise labels (cheaper than rotating many). Nights
+    loaded within an hour (or one night) are ticked where they are: matplotlib's date locators
+    cannot pick an interval for so short a range, and warn."""
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, DateFormatter, date2num
+    from matplotlib.ticker import FixedLocator
 
-    if len(set(nights)) < 2:
+    if nights and (max(nights) - min(nights)).total_seconds() < 3600:
+        axis.set_major_locator(FixedLocator(date2num(sorted(set(nights)))[:5]))
+        axis.set_major_formatter(DateFormatter("%Y-%m-%d %H:%M"))
         return
-    locator = AutoDateLocator(maxticks=5)
+    locator = AutoDateLocator(minticks=2, maxticks=5)
     axis.set_major_locator(locator)
     axis.set_major_formatter(ConciseDateFormatter(locator))
 
