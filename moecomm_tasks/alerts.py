@@ -1,5 +1,6 @@
 """Detection over the stored history, and the alerts' lifecycle (open, acknowledged, resolved,
-muted). Reads the public views; writes only the `alert` table and, in the same transaction, the
+muted). Reads the series' nights (`series_night`, through `moecomm_tasks.history`); writes the
+`alert` table, where each series' scan stands (`series_scan`) and, in the same transaction, the
 new alerts' deliveries (`moecomm_tasks.outbox`).
 """
 
@@ -14,31 +15,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from moecomm_tasks.detect import Params, detect, median_stderr
-from moecomm_tasks import outbox
+from moecomm_tasks.detect import Params, SeriesInput, detect_group, median_stderr
+from moecomm_tasks import history, outbox
 from moecomm_tasks.errors import MoecommError
-from moecomm_tasks.query import SERIES_KEY as SERIES
+from moecomm_tasks.series import SERIES_KEY as SERIES
 
 PROVENANCE_FIELDS = ("gpu_model", "driver_version", "cuda_version", "nccl_version", "torch_version",
                      "trtllm_version", "trtllm_commit", "build_name", "build_commit", "build_version")
 STATES = ("open", "acknowledged", "resolved", "muted")
-
-
-def _history(conn: sa.Connection) -> dict[tuple, list[sa.Row]]:
-    rows = conn.execute(sa.text("""
-        SELECT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
-               COALESCE(gpu_model, '') AS gpu_model, cuda_graph, pdl, perfect_router, payload_in_workspace,
-               low_precision_combine, timing_method, run_id, run_at,
-               COALESCE(slowest_rank_median_us, slowest_rank_us) AS night_us, slowest_rank,
-               slowest_rank_median_us, slowest_rank_min_us, median_min_log_ratio, job_key
-        FROM nightly_series WHERE NOT excluded
-        ORDER BY backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, cuda_graph, pdl,
-                 perfect_router, payload_in_workspace, low_precision_combine, timing_method, run_at, run_id
-    """)).all()
-    series: dict[tuple, list[sa.Row]] = defaultdict(list)
-    for row in rows:
-        series[tuple(getattr(row, k) for k in SERIES)].append(row)
-    return series
 
 
 def _known(values: Iterable[float | None]) -> list[float]:
@@ -52,59 +36,86 @@ def _provenance(conn: sa.Connection, run_id: str, job_key: str) -> dict[str, Any
     return dict(row._mapping) if row else {}
 
 
-def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequence[str] = (),
-                  digest: str = "", confirm: bool = False) -> list[dict[str, Any]]:
-    """Detect changes in every series' history; store the new ones; return them (oldest first).
+def _input(series: history.SeriesHistory) -> SeriesInput:
+    """A series' nights as the detector reads them: the slowest rank's median (its mean without
+    --iter_stats); with --iter_stats, that median's standard error (~200 iterations) and the
+    night's shape."""
+    nights = series.nights
+    return SeriesInput(
+        values=[n.night_us for n in nights],
+        stderr=median_stderr(_known(n.slowest_rank_median_us for n in nights),
+                             _known(n.slowest_rank_min_us for n in nights)),
+        shape=_known(n.median_min_log_ratio for n in nights),
+        runs=[n.run_id for n in nights], start=series.start, first_test=series.first_test)
 
-    With `confirm`, the new alerts are candidates, sent only once a re-run of their job agrees
-    (moecomm_tasks.confirm); without, they count as confirmed as they are. Confirmed new alerts
-    are queued in the outbox on the channels `deliver_to` under the digest title `digest`, in the
-    transaction that stores them."""
+
+def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequence[str] = (),
+                  digest: str = "", confirm: bool = False, full: bool = False) -> list[dict[str, Any]]:
+    """Detect changes in the series' nights not tested yet; store the new ones; return them
+    (oldest first). With `full`, every night of every series is tested again (the same alerts,
+    none raised twice).
+
+    The series of one job (same key but the token count and the op) are detected together
+    (`detect.detect_group`). With `confirm`, the new alerts are candidates, sent only once a
+    re-run of their job agrees (moecomm_tasks.confirm); without, they count as confirmed as they
+    are. Confirmed new alerts are queued in the outbox on the channels `deliver_to` under the
+    digest title `digest`, in the transaction that stores them."""
     confirmation = "candidate" if confirm else "confirmed"
     raised = []
     with engine.begin() as conn:
-        for key, nights in _history(conn).items():
-            # The slowest rank's median (its mean without --iter_stats); with --iter_stats, that
-            # median's standard error (~200 iterations) and the night's shape.
-            values = [n.night_us for n in nights]
-            stderr = median_stderr(_known(n.slowest_rank_median_us for n in nights),
-                                   _known(n.slowest_rank_min_us for n in nights))
-            shape = _known(n.median_min_log_ratio for n in nights)
-            for change in detect(values, stderr, params, shape):
-                good, bad = nights[change.last_good], nights[change.first_bad]
-                before = _provenance(conn, good.run_id, good.job_key)
-                after = _provenance(conn, bad.run_id, bad.job_key)
-                diff = {f: [before.get(f), after.get(f)] for f in PROVENANCE_FIELDS if before.get(f) != after.get(f)}
-                row = conn.execute(sa.text("""
-                    INSERT INTO alert (backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model,
-                                       cuda_graph, pdl, perfect_router, payload_in_workspace,
-                                       low_precision_combine, timing_method,
-                                       direction, change_pct, confidence, baseline_us, after_us,
-                                       last_good_run_id, first_bad_run_id, detected_run_id, provenance_diff,
-                                       confirmation, confirm_note)
-                    VALUES (:backend, :profile, :ep_size, :quant_algo, :local_batch_size, :op, :gpu_model,
-                            :cuda_graph, :pdl, :perfect_router, :payload_in_workspace,
-                            :low_precision_combine, :timing_method,
-                            :direction, :change_pct, :confidence, :baseline, :after, :good, :bad, :detected,
-                            CAST(:diff AS jsonb), :confirmation, :confirm_note)
-                    ON CONFLICT ON CONSTRAINT alert_change_key DO NOTHING
-                    RETURNING alert_pk"""), {
-                    **dict(zip(SERIES, key)), "direction": change.direction, "change_pct": change.change_pct,
-                    "confidence": change.confidence, "baseline": change.baseline, "after": change.after,
-                    "good": good.run_id, "bad": bad.run_id, "detected": nights[change.detected_at].run_id,
-                    "diff": json.dumps(diff, default=str), "confirmation": confirmation,
-                    "confirm_note": None if confirm else "not re-run (confirmation off)",
-                }).first()
-                if row is not None:
-                    raised.append({
-                        "alert_id": row.alert_pk, **dict(zip(SERIES, key)), "direction": change.direction,
-                        "change_pct": round(change.change_pct, 3), "confidence": round(change.confidence, 4),
-                        "baseline_us": change.baseline, "after_us": change.after,
-                        "last_good_run_id": good.run_id, "first_bad_run_id": bad.run_id,
-                        "provenance_diff": diff, "confirmation": confirmation,
-                    })
+        groups: dict[tuple, dict] = defaultdict(dict)
+        for series in history.read(conn, params, full):
+            groups[series.key.job][series.key] = series
+        scanned = []
+        for members in groups.values():
+            found = detect_group({key: _input(series) for key, series in members.items()}, params)
+            for key, series in members.items():
+                changes = found[key]
+                scanned.append((series, changes[-1].first_bad if changes else None))
+                raised.extend(_store(conn, key.astuple(), series.nights, changes, confirmation, confirm))
+        history.save(conn, params, scanned)
         if not confirm:
             outbox.enqueue(conn, [a["alert_id"] for a in raised], deliver_to, digest)
+    return raised
+
+
+def _store(conn: sa.Connection, key: tuple, nights: list[sa.Row], changes: list, confirmation: str,
+           confirm: bool) -> list[dict[str, Any]]:
+    """Insert the alerts of one series' changes (none twice); return the new ones."""
+    raised = []
+    for change in changes:
+        good, bad = nights[change.last_good], nights[change.first_bad]
+        before = _provenance(conn, good.run_id, good.job_key)
+        after = _provenance(conn, bad.run_id, bad.job_key)
+        diff = {f: [before.get(f), after.get(f)] for f in PROVENANCE_FIELDS if before.get(f) != after.get(f)}
+        row = conn.execute(sa.text("""
+            INSERT INTO alert (backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model,
+                               cuda_graph, pdl, perfect_router, payload_in_workspace,
+                               low_precision_combine, timing_method,
+                               direction, change_pct, confidence, baseline_us, after_us,
+                               last_good_run_id, first_bad_run_id, detected_run_id, provenance_diff,
+                               confirmation, confirm_note)
+            VALUES (:backend, :profile, :ep_size, :quant_algo, :local_batch_size, :op, :gpu_model,
+                    :cuda_graph, :pdl, :perfect_router, :payload_in_workspace,
+                    :low_precision_combine, :timing_method,
+                    :direction, :change_pct, :confidence, :baseline, :after, :good, :bad, :detected,
+                    CAST(:diff AS jsonb), :confirmation, :confirm_note)
+            ON CONFLICT ON CONSTRAINT alert_change_key DO NOTHING
+            RETURNING alert_pk"""), {
+            **dict(zip(SERIES, key)), "direction": change.direction, "change_pct": change.change_pct,
+            "confidence": change.confidence, "baseline": change.baseline, "after": change.after,
+            "good": good.run_id, "bad": bad.run_id, "detected": nights[change.detected_at].run_id,
+            "diff": json.dumps(diff, default=str), "confirmation": confirmation,
+            "confirm_note": None if confirm else "not re-run (confirmation off)",
+        }).first()
+        if row is not None:
+            raised.append({
+                "alert_id": row.alert_pk, **dict(zip(SERIES, key)), "direction": change.direction,
+                "change_pct": round(change.change_pct, 3), "confidence": round(change.confidence, 4),
+                "baseline_us": change.baseline, "after_us": change.after,
+                "last_good_run_id": good.run_id, "first_bad_run_id": bad.run_id,
+                "provenance_diff": diff, "confirmation": confirmation,
+            })
     return raised
 
 

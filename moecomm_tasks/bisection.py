@@ -29,7 +29,7 @@ from moecomm_tasks import nightly, query
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.matrix import Build, Job, Matrix
 from moecomm_tasks.names import safe_name
-from moecomm_tasks.query import SERIES_KEY
+from moecomm_tasks.series import SERIES_KEY
 
 log = logging.getLogger(__name__)
 

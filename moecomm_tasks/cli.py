@@ -176,7 +176,7 @@ def cmd_trend(args: argparse.Namespace) -> int:
     if not rows:
         raise MoecommError("no series matches (see: moecomm runs, and the views in the README)")
     _table(None, ["run_id", "run_at", "excluded", "ranks", "median µs", "slowest µs", "slowest rank",
-                  "within-night stdev µs"], rows)
+                  "within-night stdev µs", "night µs (detector)"], rows)
     return EXIT_OK
 
 
@@ -217,7 +217,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.notify:  # first what earlier runs could not deliver
         _print_deliveries(outbox.deliver_due(engine))
     channels = list(notify.channels()) if args.notify else []
-    raised = alerts.run_detection(engine, deliver_to=channels, digest=args.notify or "", confirm=not args.unconfirmed)
+    raised = alerts.run_detection(engine, deliver_to=channels, digest=args.notify or "", confirm=not args.unconfirmed,
+                                  full=args.full)
     candidates = sum(a["confirmation"] == "candidate" for a in raised)
     if candidates:
         err_console.print(f"{candidates} new alert(s) are candidates: `moecomm confirm` runs their jobs again and "
@@ -406,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="store the new alerts as confirmed without re-running their jobs (and send them with --notify)")
     p.add_argument("--notify", metavar="TITLE", help="send the new alerts as one digest under this title (a run id) "
                                                      "to the channels configured in the environment (see README)")
+    p.add_argument("--full", action="store_true",
+                   help="test every night of every series again, not only the nights not tested yet "
+                        "(the same alerts; none is raised twice)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("alerts", help="list alerts, or acknowledge, resolve or mute one; or list the alert "

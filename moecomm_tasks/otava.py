@@ -6,9 +6,9 @@ POSTGRES_USERNAME, POSTGRES_PASSWORD, POSTGRES_DATABASE; use the read-only role)
 is Otava's branch (`--branch "NVIDIA H100 80GB HBM3"`): each query filters it with Otava's
 `%{BRANCH}` placeholder. (That is also what lets Otava 0.8.0 run these queries at all: without a
 placeholder it hands pg8000 `None` as the parameters and fails with a TypeError.) Otava sees one
-number per night and series: the slowest rank's median iteration (its mean without
-`--iter_stats`), with the run id and the NCCL, CUDA and torch versions as attributes.
-A test's name is the series' key made safe for Otava; when that changed the key (a space in a
+number per night and series: the detector's night value (`night_us`, moecomm_tasks.series: the
+slowest rank's median iteration, its mean without `--iter_stats`), with the run id and the
+NCCL, CUDA and torch versions as attributes. A test's name is the series' key made safe for Otava; when that changed the key (a space in a
 backend's name, say), a short hash of the key is added, so two series never share a test. The
 queries are composed with psycopg2's quoting (`query.shown_sql`).
 """
@@ -32,7 +32,9 @@ TEMPLATE = {
     # Latency: lower is better (a rise is a regression).
     "metrics": {"slowest_rank_us": {"direction": -1}, "median_us": {"direction": -1}},
 }
-QUERY = sql.SQL("""SELECT n.run_at, n.run_id, COALESCE(n.slowest_rank_median_us, n.slowest_rank_us) AS slowest_rank_us,
+# slowest_rank_us is the detector's night value (nightly_series.night_us, moecomm_tasks.series);
+# the metric keeps the name it had, so that Otava's earlier analyses still name it.
+QUERY = sql.SQL("""SELECT n.run_at, n.run_id, n.night_us AS slowest_rank_us,
        n.median_us, p.nccl_version, p.cuda_version, p.torch_version, p.trtllm_commit
 FROM nightly_series n LEFT JOIN provenance_flat p USING (run_id, job_key)
 WHERE NOT n.excluded AND {where}
@@ -57,9 +59,11 @@ def config(engine: Engine) -> dict:
     """The Otava configuration (as a dict) for every series in the database."""
     with engine.connect() as conn:
         series = conn.execute(sa.text("""
-            SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
+            SELECT DISTINCT backend, profile, ep_size, quant_algo, local_batch_size, op,
                    cuda_graph, pdl, perfect_router, payload_in_workspace, low_precision_combine, timing_method
-            FROM nightly_series ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12""")).all()
+            FROM series s
+            WHERE EXISTS (SELECT 1 FROM series_night n WHERE n.series_pk = s.series_pk AND n.kind = 'nightly')
+            ORDER BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12""")).all()
     tests = {}
     with shown_sql(engine) as shown:
         for s in series:

@@ -1,4 +1,5 @@
-"""Read-side queries behind the command line; all of them go through the public views."""
+"""Read-side queries behind the command line; all of them go through the public views and the
+series' nights (`series`, `series_night`: moecomm_tasks.series)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from sqlalchemy.engine import Engine
 
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.knobs import KNOB_FIELDS
+from moecomm_tasks.series import SERIES_KEY
 
 
 @dataclass(frozen=True)
@@ -58,9 +60,6 @@ def runs(engine: Engine, limit: int = 50) -> list[sa.Row]:
     """)
     with engine.connect() as conn:
         return list(conn.execute(sql, {"limit": limit}))
-
-
-SERIES_KEY = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "op", "gpu_model", *KNOB_FIELDS)
 
 
 def _value(value: Any) -> sql.Composable:
@@ -115,16 +114,19 @@ def shown_sql(engine: Engine) -> Iterator[Callable[[sql.Composable], str]]:
 
 
 def trend(engine: Engine, series: SeriesFilter, since: datetime | None = None) -> list[sa.Row]:
-    """One series' nightly points, oldest first. Raises when the filter matches several series."""
+    """One series' nightly points, oldest first, the detector's night value last. Raises when
+    the filter matches several series."""
     where, params = series.where()
-    if since is not None:
-        where += " AND run_at >= :since"
-        params["since"] = since
+    params["since"] = since
+    key = ", ".join(f"NULLIF(s.{k}, '')" if k in ("quant_algo", "gpu_model") else f"s.{k}" for k in SERIES_KEY)
     with engine.connect() as conn:
         rows = conn.execute(sa.text(f"""
-            SELECT {', '.join(SERIES_KEY)}, run_id, run_at, excluded, n_ranks, median_us, slowest_rank_us,
-                   slowest_rank, within_night_stdev_us
-            FROM nightly_series WHERE {where} ORDER BY run_at, run_id
+            SELECT {key}, n.run_id, n.run_at, n.excluded, n.n_ranks, n.median_us, n.slowest_rank_us,
+                   n.slowest_rank, n.within_night_stdev_us, n.night_us
+            FROM series s JOIN series_night n USING (series_pk)
+            WHERE n.kind = 'nightly' AND n.series_pk IN (SELECT series_pk FROM series WHERE {where})
+              AND (CAST(:since AS timestamptz) IS NULL OR n.run_at >= :since)
+            ORDER BY n.run_at, n.run_id
         """), params).all()
     keys = sorted({tuple(row[: len(SERIES_KEY)]) for row in rows}, key=str)
     if len(keys) > 1:
@@ -209,16 +211,13 @@ def compare(engine: Engine, run_a: str, run_b: str) -> list[sa.Row]:
 
 
 def night_value(conn: sa.Connection, run_id: str, series: Mapping[str, Any]) -> float | None:
-    """One run's value of one series: the slowest rank's median iteration time, its mean without
-    --iter_stats (the detector's night value, as nightly_series computes it). Read from the
-    tables, so that it also reads the runs the views leave out (bisection and confirmation runs).
-    `series` holds the series key's fields (an alert row does); the GPU model is not compared."""
-    return conn.execute(sa.text("""
-        SELECT COALESCE((SELECT max(v) FROM unnest(m.median_us) AS v), (SELECT max(v) FROM unnest(m.mean_us) AS v))
-        FROM measurement m JOIN job j USING (job_pk) JOIN run r USING (run_pk)
-        WHERE r.run_id = :run AND m.backend = :backend AND j.profile = :profile AND j.ep_size = :ep_size
-          AND COALESCE(j.quant_algo, '') = COALESCE(:quant_algo, '') AND m.local_batch_size = :local_batch_size
-          AND m.op = :op AND m.cuda_graph = :cuda_graph AND m.pdl = :pdl AND m.perfect_router = :perfect_router
-          AND m.payload_in_workspace = :payload_in_workspace AND m.low_precision_combine = :low_precision_combine
-          AND m.timing_method = :timing_method
-        LIMIT 1"""), {"run": run_id, **{k: series[k] for k in SERIES_KEY if k != "gpu_model"}}).scalar()
+    """One run's value of one series (`series_night.night_us`: the slowest rank's median iteration
+    time, its mean without --iter_stats), whatever the run's kind: it also reads the runs the
+    views leave out (bisection and confirmation runs). `series` holds the series key's fields
+    (an alert row does); the GPU model is not compared."""
+    compared = [k for k in SERIES_KEY if k != "gpu_model"]
+    return conn.execute(sa.text(f"""
+        SELECT night_us FROM series_night
+        WHERE run_id = :run AND {' AND '.join(f"{k} = :{k}" for k in compared)}
+        LIMIT 1"""), {"run": run_id, **{k: series[k] for k in compared},
+                      "quant_algo": series["quant_algo"] or ""}).scalar()

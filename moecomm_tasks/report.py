@@ -1,6 +1,7 @@
 """The nightly report: `index.html` and PNG plots beside it, for anyone without dashboard access.
 
-Three sections, all read from the public views (`nightly_series`, `alert`):
+Three sections, all read from the series' nights (`series`, `series_night`: the detector's night
+value) and the alerts:
 
 * the night against its history: per (profile, EP size, backend, op), the slowest rank's time of
   every token count night by night, the report's night marked, and a table of every series'
@@ -32,8 +33,7 @@ from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.knobs import KNOB_FIELDS
 from moecomm_tasks.names import safe_name
 from moecomm_tasks.query import knob_label
-
-KNOBS = ", ".join(KNOB_FIELDS)
+from moecomm_tasks.series import SERIES_KEY
 
 HISTORY_NIGHTS = 30
 BASELINE_NIGHTS = 7
@@ -55,30 +55,27 @@ def _latest_run(conn: sa.Connection) -> str:
 
 
 def _history(conn: sa.Connection, run_id: str) -> dict[tuple, list[Point]]:
-    """Every series measured in `run_id`, with up to HISTORY_NIGHTS nights up to and including it.
-    Keyed by (profile, EP size, backend, op, size, quantization, GPU model, knobs)."""
+    """Every series measured in `run_id`, with up to HISTORY_NIGHTS nights up to and including it
+    (each series' last nights through its index: never the whole history). Keyed by (profile,
+    EP size, backend, op, size, quantization, GPU model, knobs)."""
     rows = conn.execute(sa.text(f"""
-        WITH night AS (SELECT run_at FROM run WHERE run_id = :run),
-             series AS (SELECT DISTINCT backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo,
-                               local_batch_size, op, COALESCE(gpu_model, '') AS gpu_model, {KNOBS}
-                        FROM nightly_series WHERE run_id = :run)
         SELECT s.backend, s.profile, s.ep_size, s.quant_algo, s.local_batch_size, s.op, s.gpu_model,
-               {', '.join('s.' + k for k in KNOB_FIELDS)},
-               n.run_id, n.run_at, COALESCE(n.slowest_rank_median_us, n.slowest_rank_us) AS value
-        FROM series s
-        JOIN nightly_series n ON n.backend = s.backend AND n.profile = s.profile AND n.ep_size = s.ep_size
-             AND COALESCE(n.quant_algo, '') = s.quant_algo AND n.local_batch_size = s.local_batch_size
-             AND n.op = s.op AND COALESCE(n.gpu_model, '') = s.gpu_model
-             AND {' AND '.join(f'n.{k} = s.{k}' for k in KNOB_FIELDS)}
-        WHERE n.run_at <= (SELECT run_at FROM night) AND NOT n.excluded
+               {', '.join('s.' + k for k in KNOB_FIELDS)}, h.run_id, h.run_at, h.night_us AS value
+        FROM series_night t
+        JOIN series s USING (series_pk)
+        CROSS JOIN LATERAL (
+            SELECT n.run_id, n.run_at, n.night_us FROM series_night n
+            WHERE n.series_pk = t.series_pk AND n.kind = 'nightly' AND NOT n.excluded AND n.run_at <= t.run_at
+            ORDER BY n.run_at DESC, n.run_id DESC LIMIT :keep) h
+        WHERE t.run_id = :run AND t.kind = 'nightly'
         ORDER BY s.profile, s.ep_size, s.backend, s.op, s.local_batch_size, {', '.join('s.' + k for k in KNOB_FIELDS)},
-                 n.run_at, n.run_id
-    """), {"run": run_id}).all()
+                 h.run_at, h.run_id
+    """), {"run": run_id, "keep": HISTORY_NIGHTS}).all()
     series: dict[tuple, list[Point]] = defaultdict(list)
     for r in rows:
         series[(r.profile, r.ep_size, r.backend, r.op, r.local_batch_size, r.quant_algo, r.gpu_model,
                 knob_label(r))].append(Point(r.run_id, r.run_at, float(r.value)))
-    return {k: v[-HISTORY_NIGHTS:] for k, v in series.items()}
+    return dict(series)
 
 
 def _alerts(conn: sa.Connection, run_id: str) -> tuple[str, list[sa.Row]]:
@@ -91,15 +88,12 @@ def _alerts(conn: sa.Connection, run_id: str) -> tuple[str, list[sa.Row]]:
 
 
 def _alert_series(conn: sa.Connection, alert: sa.Row) -> list[Point]:
-    rows = conn.execute(sa.text("""
-        SELECT run_id, run_at, COALESCE(slowest_rank_median_us, slowest_rank_us) AS value
-        FROM nightly_series
-        WHERE backend = :backend AND profile = :profile AND ep_size = :ep_size
-          AND COALESCE(quant_algo, '') = :quant_algo AND local_batch_size = :local_batch_size AND op = :op
-          AND COALESCE(gpu_model, '') = :gpu_model AND cuda_graph = :cuda_graph AND pdl = :pdl
-          AND perfect_router = :perfect_router AND payload_in_workspace = :payload_in_workspace
-          AND low_precision_combine = :low_precision_combine AND timing_method = :timing_method AND NOT excluded
-        ORDER BY run_at, run_id"""), dict(alert._mapping)).all()
+    rows = conn.execute(sa.text(f"""
+        SELECT n.run_id, n.run_at, n.night_us AS value
+        FROM series s JOIN series_night n USING (series_pk)
+        WHERE {' AND '.join(f's.{k} = :{k}' for k in SERIES_KEY)} AND n.kind = 'nightly' AND NOT n.excluded
+        ORDER BY n.run_at, n.run_id"""), {**dict(alert._mapping), "quant_algo": alert.quant_algo or "",
+                                           "gpu_model": alert.gpu_model or ""}).all()
     return [Point(r.run_id, r.run_at, float(r.value)) for r in rows]
 
 
@@ -107,6 +101,34 @@ def _label(text: str) -> str:
     """`text` as matplotlib shows it literally: a `$` pair would start mathtext (and a bad command
     in it would fail the whole report)."""
     return text.replace("$", r"\$")
+
+
+def _log_axis(axis) -> None:
+    """A log-scale axis labelled with plain numbers: the default labels are mathtext (10^n), whose
+    parsing dominated the report's time, and its minor ticks get no label."""
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    axis.axes.set_xscale("log", base=2) if axis is axis.axes.xaxis else axis.axes.set_yscale("log")
+    formatter = ScalarFormatter()
+    formatter.set_scientific(False)
+    axis.set_major_formatter(formatter)
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _date_axis(axis, nights: list) -> None:
+    """Nights on a date axis: a few ticks, concise labels (cheaper than rotating many). Nights
+    loaded within an hour (or one night) are ticked where they are: matplotlib's date locators
+    cannot pick an interval for so short a range, and warn."""
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter, DateFormatter, date2num
+    from matplotlib.ticker import FixedLocator
+
+    if nights and (max(nights) - min(nights)).total_seconds() < 3600:
+        axis.set_major_locator(FixedLocator(date2num(sorted(set(nights)))[:5]))
+        axis.set_major_formatter(DateFormatter("%Y-%m-%d %H:%M"))
+        return
+    locator = AutoDateLocator(minticks=2, maxticks=5)
+    axis.set_major_locator(locator)
+    axis.set_major_formatter(ConciseDateFormatter(locator))
 
 
 def _slug(*parts: Any) -> str:
@@ -139,7 +161,8 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
     images: dict[str, list[tuple[str, str]]] = {"history": [], "alerts": [], "backends": []}
 
     def save(fig, section: str, name: str, caption: str) -> None:
-        fig.tight_layout()
+        # Fixed margins, not tight_layout: measuring every label to fit them cost a second draw.
+        fig.subplots_adjust(left=0.12, right=0.98, bottom=0.14, top=0.89)
         fig.savefig(out / name, dpi=90)
         plt.close(fig)
         images[section].append((name, caption))
@@ -154,11 +177,11 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
             xs = [p.run_at for p in points]
             line, = ax.plot(xs, [p.value for p in points], marker=".", label=f"{size} tokens")
             ax.plot([xs[-1]], [points[-1].value], marker="o", markersize=8, color=line.get_color())
-        ax.set_yscale("log")
+        _log_axis(ax.yaxis)
+        _date_axis(ax.xaxis, [p.run_at for q in by_size.values() for p in q])
         ax.set_ylabel("slowest rank, µs")
-        ax.set_title(_label(f"{profile} EP{ep} {backend} {op}"), fontsize=10)
+        ax.set_title(_label(f"{profile} EP{ep} {backend} {op}"), fontsize=10, y=1.0, pad=4)
         ax.legend(fontsize=7, ncol=2)
-        fig.autofmt_xdate()
         save(fig, "history", f"history_{_slug(profile, ep, backend, op)}.png",
              f"{profile}, EP {ep}, {backend}, {op}: the last {HISTORY_NIGHTS} nights (large dot: this night)")
 
@@ -175,9 +198,10 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         ax.axhline(alert.after_us, color="red", linestyle=":", label=f"after {alert.after_us:.1f} µs")
         ax.set_ylabel("slowest rank, µs")
         ax.set_title(_label(f"#{alert.alert_pk} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} "
-                            f"{alert.profile} EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}"), fontsize=9)
+                            f"{alert.profile} EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}"), fontsize=9,
+                     y=1.0, pad=4)
         ax.legend(fontsize=7)
-        fig.autofmt_xdate()
+        _date_axis(ax.xaxis, [p.run_at for p in window])
         save(fig, "alerts", f"alert_{alert.alert_pk}.png",
              f"alert #{alert.alert_pk} ({alert.state}): {alert.change_pct:+.2f}%, confidence {alert.confidence:.4f}, "
              f"last good {alert.last_good_run_id}, first bad {alert.first_bad_run_id}")
@@ -192,11 +216,11 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         for backend, values in sorted(by_backend.items()):
             values.sort()
             ax.plot([v[0] for v in values], [v[1] for v in values], marker="o", label=_label(backend))
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        _log_axis(ax.xaxis)
+        _log_axis(ax.yaxis)
         ax.set_xlabel("tokens per rank")
         ax.set_ylabel("slowest rank, µs")
-        ax.set_title(_label(f"{profile} EP{ep} {op}: backends on {run_id}"), fontsize=10)
+        ax.set_title(_label(f"{profile} EP{ep} {op}: backends on {run_id}"), fontsize=10, y=1.0, pad=4)
         ax.legend(fontsize=7)
         save(fig, "backends", f"backends_{_slug(profile, ep, op)}.png",
              f"{profile}, EP {ep}, {op}: every backend against token count, this night")

@@ -4,7 +4,8 @@ Each input (the jobs of one `load` call; one job per nightly task) is loaded in 
 a failure part-way leaves nothing of it behind. The job's content is fingerprinted: reloading the same content under
 the same run id changes no row; loading different content for the same job (a re-measurement)
 replaces that job's rows whole. Measurements (one row per backend, size and op, the ranks' times
-in arrays) go in with binary COPY, kernel timings with CSV COPY.
+in arrays) go in with binary COPY, kernel timings with CSV COPY; the measurements' insert
+trigger (migration 0015) writes their series' nights (`series_night`) in the same transaction.
 Concurrent loads of one job serialize on its row, and the one that lost the race runs again
 (`_in_transaction`): each of them succeeds, and the last one's content stays.
 """
@@ -275,6 +276,13 @@ def _write(cur: Any, run_pk: int, prepared: list[_PreparedJob]) -> list[JobOutco
         raced = [p.key for p in to_write if p.key not in job_pks]
         if raced:
             raise _ConcurrentJob(raced[0])
+    # The provenance first: it holds the GPU model, part of the series key that the measurements'
+    # insert trigger writes into `series_night` (migration 0015).
+    provenance = [_provenance_row(job_pks[p.key], p.provenance) for p in to_write if p.provenance]
+    if provenance:
+        psycopg2.extras.execute_values(
+            cur, f"INSERT INTO provenance (job_pk, {', '.join(PROVENANCE_COLUMNS)}, extra) VALUES %s", provenance,
+            page_size=1000)
     field_count = struct.pack(">h", len(MEASUREMENT_COLUMNS))
     _copy_binary(cur, "measurement", MEASUREMENT_COLUMNS, (
         field_count + struct.pack(">iq", 8, job_pks[p.key]) + row for p in to_write for row in p.measurement_rows
@@ -291,11 +299,9 @@ def _write(cur: Any, run_pk: int, prepared: list[_PreparedJob]) -> list[JobOutco
                for seq, f in enumerate(p.failures)]
         )
     ]
-    provenance = [_provenance_row(job_pks[p.key], p.provenance) for p in to_write if p.provenance]
     for sql, rows in (
         ("INSERT INTO skip (job_pk, backend, local_batch_size, reason) VALUES %s", skips),
         ("INSERT INTO failure (job_pk, seq, kind, source, line, rank, reason, excerpt) VALUES %s", failures),
-        (f"INSERT INTO provenance (job_pk, {', '.join(PROVENANCE_COLUMNS)}, extra) VALUES %s", provenance),
     ):
         if rows:
             psycopg2.extras.execute_values(cur, sql, rows, page_size=1000)

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.integration
 GRAFANA = Path(__file__).parents[2] / "sql" / "deploy" / "grafana"
 BOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 # The series that regresses in the fixture's history (so its alert annotation has a row).
-VARIABLES = {"backend": "TORCH_ALLTOALL", "profile": "deepseek_v3", "ep_size": "2", "size": "1024", "op": "combine"}
+VARIABLES = {"backend": "TORCH_ALLTOALL", "profile": "deepseek_v3", "ep_size": "2", "size": "1024", "op": "combine",
+             "quant": "FP8_BLOCK_SCALES", "gpu": "NVIDIA H100 80GB HBM3", "timing_method": "cuda_events",
+             "cuda_graph": "false", "pdl": "false", "perfect_router": "false", "payload_in_workspace": "false",
+             "low_precision_combine": "false"}
 FROM, TO = "2026-09-01T00:00:00Z", "2026-12-31T00:00:00Z"
 
 

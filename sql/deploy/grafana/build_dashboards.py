@@ -2,7 +2,9 @@
 
     python sql/deploy/grafana/build_dashboards.py
 
-Every query reads the public SQL interface (README, "The SQL interface"); tests/integration/
+Every query reads the public SQL interface (README, "The SQL interface"): a series' nights from
+`series_night` (the detector's night value) chosen through `series` (one variable per part of the
+series key, moecomm_tasks.series); tests/integration/
 test_dashboards.py substitutes Grafana's macros and variables and runs each against PostgreSQL.
 """
 
@@ -12,8 +14,53 @@ import json
 from pathlib import Path
 
 DS = {"type": "grafana-postgresql-datasource", "uid": "moecomm-pg"}
-SERIES_WHERE = ("backend = '$backend' AND profile = '$profile' AND ep_size = $ep_size "
-                "AND local_batch_size = $size AND op = '$op'")
+# A series (moecomm_tasks.series): its key, every part of it a variable. A null quantization or
+# GPU model is '' in `series`; the variables show 'none' and 'unknown' instead (Grafana's options
+# cannot be empty).
+QUANT, GPU = "COALESCE(NULLIF(quant_algo, ''), 'none')", "COALESCE(NULLIF(gpu_model, ''), 'unknown')"
+KEY_FILTERS = (
+    ("backend", "backend = '$backend'"), ("profile", "profile = '$profile'"), ("ep_size", "ep_size = $ep_size"),
+    ("size", "local_batch_size = $size"), ("op", "op = '$op'"), ("quant", f"{QUANT} = '$quant'"),
+    ("gpu", f"{GPU} = '$gpu'"), ("timing_method", "timing_method = '$timing_method'"),
+    ("cuda_graph", "cuda_graph = $cuda_graph"), ("pdl", "pdl = $pdl"), ("perfect_router", "perfect_router = $perfect_router"),
+    ("payload_in_workspace", "payload_in_workspace = $payload_in_workspace"),
+    ("low_precision_combine", "low_precision_combine = $low_precision_combine"),
+)
+KEY_VALUES = {"backend": "backend", "profile": "profile", "ep_size": "ep_size", "size": "local_batch_size", "op": "op",
+              "quant": QUANT, "gpu": GPU}
+LABELS = {"ep_size": "EP size", "size": "tokens", "quant": "quantization", "gpu": "GPU",
+          "timing_method": "timing", "cuda_graph": "CUDA graph", "perfect_router": "perfect router",
+          "payload_in_workspace": "payload in workspace", "low_precision_combine": "low-precision combine"}
+# The night value (series_night.night_us) is the detector's: the slowest rank's median iteration,
+# its mean without --iter_stats.
+VISIBLE = "n.kind = 'nightly' AND NOT n.excluded"
+KNOB_LABEL = ("concat_ws(' ', s.timing_method, CASE WHEN s.cuda_graph THEN 'graph' END, CASE WHEN s.pdl THEN 'pdl' END, "
+              "CASE WHEN s.perfect_router THEN 'pr' END, CASE WHEN s.payload_in_workspace THEN 'piw' END, "
+              "CASE WHEN s.low_precision_combine THEN 'lpc' END)")
+
+
+def series_variables(names: tuple[str, ...]) -> list[dict]:
+    """One variable per part of the key in `names`, each offering the values that the variables
+    before it leave (read from `series`: one row per series, whatever the history's length)."""
+    filters = dict(KEY_FILTERS)
+    variables = []
+    for i, name in enumerate(names):
+        where = " AND ".join(filters[n] for n in names[:i])
+        value = KEY_VALUES.get(name, name)
+        variables.append(variable(name, LABELS.get(name, name),
+                                  f"SELECT DISTINCT {value} FROM series{' WHERE ' + where if where else ''} ORDER BY 1"))
+    return variables
+
+
+def series_pks(names: tuple[str, ...]) -> str:
+    """The series the variables `names` select, as a condition on `n.series_pk`."""
+    filters = dict(KEY_FILTERS)
+    return f"n.series_pk IN (SELECT series_pk FROM series WHERE {' AND '.join(filters[n] for n in names)})"
+
+
+ALL = tuple(name for name, _ in KEY_FILTERS)
+# The backend comparison: every key part but the backend and the token count.
+COMPARED = tuple(n for n in ALL if n not in ("backend", "size"))
 
 
 def variable(name: str, label: str, sql: str) -> dict:
@@ -42,16 +89,7 @@ def dashboard(uid: str, title: str, panels: list, variables: list = (), annotati
     }
 
 
-SERIES_VARIABLES = [
-    variable("backend", "backend", "SELECT DISTINCT backend FROM nightly_series ORDER BY 1"),
-    variable("profile", "profile", "SELECT DISTINCT profile FROM nightly_series WHERE backend = '$backend' ORDER BY 1"),
-    variable("ep_size", "EP size", "SELECT DISTINCT ep_size FROM nightly_series "
-                                   "WHERE backend = '$backend' AND profile = '$profile' ORDER BY 1"),
-    variable("size", "tokens", "SELECT DISTINCT local_batch_size FROM nightly_series "
-                               "WHERE backend = '$backend' AND profile = '$profile' AND ep_size = $ep_size ORDER BY 1"),
-    variable("op", "op", "SELECT DISTINCT op FROM nightly_series WHERE backend = '$backend' AND profile = '$profile' "
-                         "AND ep_size = $ep_size AND local_batch_size = $size ORDER BY 1"),
-]
+SERIES_VARIABLES = series_variables(ALL)
 
 ALERT_ANNOTATION = {
     "name": "alerts", "datasource": DS, "enable": True, "iconColor": "red",
@@ -60,17 +98,24 @@ ALERT_ANNOTATION = {
         "|| ', ' || a.state || '; last good ' || a.last_good_run_id || ')' AS text, a.state AS tags "
         "FROM alert a JOIN run r ON r.run_id = a.first_bad_run_id "
         "WHERE $__timeFilter(r.run_at) AND a.backend = '$backend' AND a.profile = '$profile' "
-        "AND a.ep_size = $ep_size AND a.local_batch_size = $size AND a.op = '$op'", fmt="table"),
+        "AND a.ep_size = $ep_size AND a.local_batch_size = $size AND a.op = '$op' "
+        f"AND {QUANT.replace('quant_algo', 'a.quant_algo')} = '$quant' AND {GPU.replace('gpu_model', 'a.gpu_model')} = '$gpu' "
+        "AND a.timing_method = '$timing_method' AND a.cuda_graph = $cuda_graph AND a.pdl = $pdl "
+        "AND a.perfect_router = $perfect_router AND a.payload_in_workspace = $payload_in_workspace "
+        "AND a.low_precision_combine = $low_precision_combine", fmt="table"),
 }
+
+SERIES = series_pks(ALL)
+TITLE = "$backend $profile EP$ep_size, $size tokens, $op ($quant, $gpu, $timing_method)"
 
 TREND = dashboard("moecomm-trend", "moecomm: series trend", variables=SERIES_VARIABLES,
                   annotations=[ALERT_ANNOTATION], panels=[
-    panel(1, "$backend $profile EP$ep_size, $size tokens, $op: median and slowest rank (band: within-night spread)",
+    panel(1, f"{TITLE}: the detector's night value and the median across ranks (band: within-night spread)",
           "timeseries", [target(
-              "SELECT run_at AS time, median_us AS \"median across ranks\", slowest_rank_us AS \"slowest rank\", "
-              "slowest_rank_us - within_night_stdev_us AS \"spread low\", "
-              "slowest_rank_us + within_night_stdev_us AS \"spread high\" "
-              f"FROM nightly_series WHERE $__timeFilter(run_at) AND {SERIES_WHERE} AND NOT excluded ORDER BY 1")],
+              "SELECT n.run_at AS time, n.night_us AS \"night value (detector)\", n.median_us AS \"median across ranks\", "
+              "n.night_us - n.within_night_stdev_us AS \"spread low\", "
+              "n.night_us + n.within_night_stdev_us AS \"spread high\" "
+              f"FROM series_night n WHERE $__timeFilter(n.run_at) AND {SERIES} AND {VISIBLE} ORDER BY 1")],
           (0, 0, 24, 11),
           fieldConfig={"defaults": {"unit": "µs", "custom": {"lineWidth": 2, "showPoints": "always"}},
                        "overrides": [
@@ -83,30 +128,33 @@ TREND = dashboard("moecomm-trend", "moecomm: series trend", variables=SERIES_VAR
                             "properties": [{"id": "custom.lineWidth", "value": 0},
                                            {"id": "custom.showPoints", "value": "never"},
                                            {"id": "color", "value": {"mode": "fixed", "fixedColor": "#8ab8ff"}}]}]}),
-    panel(2, "Per-rank mean, this series", "timeseries", [target(
-        "SELECT run_at AS time, 'rank ' || rank AS metric, mean_us AS value FROM measurement_flat "
-        f"WHERE $__timeFilter(run_at) AND {SERIES_WHERE} AND NOT excluded ORDER BY 1, 2")],
+    panel(2, "Per-rank median iteration (mean without --iter_stats), this series", "timeseries", [target(
+        "SELECT n.run_at AS time, 'rank ' || (u.rank - 1) AS metric, COALESCE(u.median_us, u.mean_us) AS value "
+        "FROM series_night n JOIN measurement m ON (m.job_pk, m.backend, m.local_batch_size, m.op) "
+        "= (n.job_pk, n.backend, n.local_batch_size, n.op) "
+        "CROSS JOIN LATERAL unnest(m.median_us, m.mean_us) WITH ORDINALITY AS u (median_us, mean_us, rank) "
+        f"WHERE $__timeFilter(n.run_at) AND {SERIES} AND {VISIBLE} AND u.mean_us IS NOT NULL ORDER BY 1, 2")],
         (0, 11, 12, 9), fieldConfig={"defaults": {"unit": "µs"}, "overrides": []}),
-    panel(3, "Per-rank skew: slowest / fastest rank", "timeseries", [target(
-        "SELECT run_at AS time, slowest_rank_us / NULLIF(fastest_rank_us, 0) AS \"slowest / fastest\" "
-        f"FROM nightly_series WHERE $__timeFilter(run_at) AND {SERIES_WHERE} AND NOT excluded ORDER BY 1")],
+    panel(3, "Per-rank skew: slowest / fastest rank (their means)", "timeseries", [target(
+        "SELECT n.run_at AS time, n.slowest_rank_us / NULLIF(n.fastest_rank_us, 0) AS \"slowest / fastest\" "
+        f"FROM series_night n WHERE $__timeFilter(n.run_at) AND {SERIES} AND {VISIBLE} ORDER BY 1")],
         (12, 11, 12, 9), fieldConfig={"defaults": {"unit": "none", "decimals": 3}, "overrides": []}),
 ])
 
 LATEST = dashboard("moecomm-latest", "moecomm: latest night against its baseline", panels=[
-    panel(1, "Every series of the latest run against the median of its 7 earlier nights, by change", "table", [target(
-        "WITH latest AS (SELECT run_id, run_at FROM run WHERE NOT excluded ORDER BY run_at DESC LIMIT 1), "
-        "now_ AS (SELECT n.* FROM nightly_series n JOIN latest l USING (run_id)), "
-        "base AS (SELECT b.backend, b.profile, b.ep_size, b.local_batch_size, b.op, "
-        "         percentile_cont(0.5) WITHIN GROUP (ORDER BY b.slowest_rank_us) AS baseline_us "
-        "  FROM (SELECT n.*, row_number() OVER (PARTITION BY n.backend, n.profile, n.ep_size, n.local_batch_size, n.op "
-        "                                        ORDER BY n.run_at DESC) AS k "
-        "        FROM nightly_series n, latest l WHERE n.run_at < l.run_at AND NOT n.excluded) b "
-        "  WHERE b.k <= 7 GROUP BY 1, 2, 3, 4, 5) "
-        "SELECT now_.run_id, now_.backend, now_.profile, now_.ep_size AS ep, now_.local_batch_size AS tokens, now_.op, "
-        "       now_.slowest_rank_us AS \"slowest rank µs\", base.baseline_us AS \"baseline µs\", "
-        "       100.0 * (now_.slowest_rank_us - base.baseline_us) / base.baseline_us AS \"change %\" "
-        "FROM now_ LEFT JOIN base USING (backend, profile, ep_size, local_batch_size, op) "
+    panel(1, "Every series of the latest run (the detector's night value) against the median of its 7 earlier "
+             "nights, by change", "table", [target(
+        "WITH latest AS (SELECT run_id, run_at FROM run WHERE kind = 'nightly' AND NOT excluded "
+        "                ORDER BY run_at DESC, run_id DESC LIMIT 1) "
+        "SELECT t.run_id, s.backend, s.profile, s.ep_size AS ep, s.local_batch_size AS tokens, s.op, "
+        f"       {QUANT.replace('quant_algo', 's.quant_algo')} AS quant, {GPU.replace('gpu_model', 's.gpu_model')} AS gpu, "
+        f"       {KNOB_LABEL} AS knobs, "
+        "       t.night_us AS \"night µs\", b.baseline_us AS \"baseline µs\", "
+        "       100.0 * (t.night_us - b.baseline_us) / b.baseline_us AS \"change %\" "
+        "FROM latest l JOIN series_night t ON t.run_id = l.run_id JOIN series s USING (series_pk) "
+        "CROSS JOIN LATERAL (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY e.night_us) AS baseline_us "
+        "  FROM (SELECT n.night_us FROM series_night n WHERE n.series_pk = t.series_pk AND " + VISIBLE + " "
+        "        AND n.run_at < l.run_at ORDER BY n.run_at DESC, n.run_id DESC LIMIT 7) e) b "
         "ORDER BY \"change %\" DESC NULLS LAST", fmt="table")], (0, 0, 24, 14),
         fieldConfig={"defaults": {"decimals": 2}, "overrides": [
             {"matcher": {"id": "byName", "options": "change %"},
@@ -117,35 +165,36 @@ LATEST = dashboard("moecomm-latest", "moecomm: latest night against its baseline
     panel(2, "Open and acknowledged alerts", "table", [target(
         "SELECT alert_pk AS id, state, direction, round(change_pct::numeric, 2) AS \"change %\", "
         "round(confidence::numeric, 4) AS confidence, backend, profile, ep_size AS ep, local_batch_size AS tokens, op, "
+        f"{QUANT} AS quant, {GPU} AS gpu, {KNOB_LABEL.replace('s.', '')} AS knobs, "
         "last_good_run_id AS \"last good\", first_bad_run_id AS \"first bad\", provenance_diff::text AS \"provenance changed\" "
         "FROM alert WHERE state IN ('open', 'acknowledged') ORDER BY created_at DESC, abs(change_pct) DESC", fmt="table")],
         (0, 14, 24, 9)),
 ], time_from="now-30d")
 
-FASTEST = dashboard("moecomm-fastest", "moecomm: fastest backend by token count", variables=[
-    variable("profile", "profile", "SELECT DISTINCT profile FROM nightly_series ORDER BY 1"),
-    variable("ep_size", "EP size", "SELECT DISTINCT ep_size FROM nightly_series WHERE profile = '$profile' ORDER BY 1"),
-    variable("op", "op", "SELECT DISTINCT op FROM nightly_series WHERE profile = '$profile' ORDER BY 1"),
-], panels=[
-    panel(1, "Fastest backend per token count, night by night ($profile EP$ep_size $op)", "state-timeline", [target(
-        "SELECT DISTINCT ON (run_at, local_batch_size) run_at AS time, local_batch_size::text || ' tokens' AS metric, "
-        "backend AS value FROM nightly_series "
-        "WHERE $__timeFilter(run_at) AND profile = '$profile' AND ep_size = $ep_size AND op = '$op' AND NOT excluded "
-        "ORDER BY run_at, local_batch_size, slowest_rank_us", fmt="table")], (0, 0, 24, 10),
+COMPARED_SERIES = series_pks(COMPARED)
+FASTEST = dashboard("moecomm-fastest", "moecomm: fastest backend by token count", variables=series_variables(COMPARED),
+                    panels=[
+    panel(1, "Fastest backend per token count, night by night ($profile EP$ep_size $op; the detector's night value)",
+          "state-timeline", [target(
+        "SELECT DISTINCT ON (n.run_at, n.local_batch_size) n.run_at AS time, "
+        "n.local_batch_size::text || ' tokens' AS metric, n.backend AS value FROM series_night n "
+        f"WHERE $__timeFilter(n.run_at) AND {COMPARED_SERIES} AND {VISIBLE} "
+        "ORDER BY n.run_at, n.local_batch_size, n.night_us", fmt="table")], (0, 0, 24, 10),
         options={"showValue": "auto", "mergeValues": True, "rowHeight": 0.8}),
     panel(2, "Crossover on the latest night: every backend against token count ($profile EP$ep_size $op)",
           "xychart", [target(
-        "SELECT local_batch_size AS tokens, backend, slowest_rank_us AS \"slowest rank µs\" FROM nightly_series "
-        "WHERE run_id = (SELECT run_id FROM run WHERE NOT excluded ORDER BY run_at DESC LIMIT 1) "
-        "AND profile = '$profile' AND ep_size = $ep_size AND op = '$op' ORDER BY backend, tokens", fmt="table")],
+        "SELECT n.local_batch_size AS tokens, n.backend, n.night_us AS \"night µs\" FROM series_night n "
+        "WHERE n.run_id = (SELECT run_id FROM run WHERE kind = 'nightly' AND NOT excluded "
+        "                  ORDER BY run_at DESC, run_id DESC LIMIT 1) "
+        f"AND {COMPARED_SERIES} ORDER BY n.backend, tokens", fmt="table")],
         (0, 10, 12, 10)),
     panel(3, "Winner and margin per night ($profile EP$ep_size $op)", "table", [target(
-        "SELECT run_at AS night, local_batch_size AS tokens, "
-        "(array_agg(backend ORDER BY slowest_rank_us))[1] AS fastest, "
-        "(array_agg(backend ORDER BY slowest_rank_us))[2] AS \"runner-up\", "
-        "100.0 * ((array_agg(slowest_rank_us ORDER BY slowest_rank_us))[2] / min(slowest_rank_us) - 1) AS \"margin %\" "
-        "FROM nightly_series WHERE $__timeFilter(run_at) AND profile = '$profile' AND ep_size = $ep_size "
-        "AND op = '$op' AND NOT excluded GROUP BY run_at, local_batch_size ORDER BY run_at DESC, tokens", fmt="table")],
+        "SELECT n.run_at AS night, n.local_batch_size AS tokens, "
+        "(array_agg(n.backend ORDER BY n.night_us))[1] AS fastest, "
+        "(array_agg(n.backend ORDER BY n.night_us))[2] AS \"runner-up\", "
+        "100.0 * ((array_agg(n.night_us ORDER BY n.night_us))[2] / min(n.night_us) - 1) AS \"margin %\" "
+        f"FROM series_night n WHERE $__timeFilter(n.run_at) AND {COMPARED_SERIES} AND {VISIBLE} "
+        "GROUP BY n.run_at, n.local_batch_size ORDER BY n.run_at DESC, tokens", fmt="table")],
         (12, 10, 12, 10), fieldConfig={"defaults": {"decimals": 1}, "overrides": []}),
 ])
 
