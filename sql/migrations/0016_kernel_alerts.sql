@@ -1,6 +1,6 @@
 -- Noise-free kernel checks: an alert of kind `kernels` says that a series' set of kernels, or a
 -- kernel's launch count, changed between two consecutive nights (runs with --kernel_breakdown).
--- It is exact, not a statistical change: it has no change %, confidence or levels (they stay
+-- It is exact, not a statistical change: it has no change percentage, confidence or levels (they stay
 -- null), its direction is `change`, and `kernel_diff` holds the difference (kernels added and
 -- removed, counts before and after, under their demangled names with the names as printed).
 -- A kernels alert is about a job's series as a whole (every phase), not one op: its `op` is
