@@ -54,7 +54,7 @@ def kernels_sql(alert: Alert) -> sql.Composed:
                                                   sql.Literal(alert.first_bad_run_id))]
     for key in ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "gpu_model"):
         template = "COALESCE({}, '') = {}" if key in ("quant_algo", "gpu_model") else "{} = {}"
-        where.append(sql.SQL(template).format(sql.Identifier(key), sql.Literal(getattr(alert, key))))
+        where.append(sql.SQL(template).format(sql.SQL(key), sql.Literal(getattr(alert, key))))  # our own columns
     return sql.SQL("SELECT run_id, phase, kernel, max(count) AS count FROM kernel_flat WHERE {} "
                    "GROUP BY run_id, phase, kernel ORDER BY phase, kernel, run_id;").format(sql.SQL(" AND ").join(where))
 
