@@ -13,6 +13,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -57,13 +58,14 @@ def _provenance(conn: sa.Connection, run_id: str, job_key: str) -> dict[str, Any
 
 
 def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequence[str] = (),
-                  digest: str = "", confirm: bool = False) -> list[Alert]:
+                  digest: str = "", confirm: bool = False, all_kernel_nights: bool = False) -> list[Alert]:
     """Detect changes in every series' history and in every series' kernels; store the new ones;
     return them (level alerts oldest first, then kernels alerts).
 
     With `confirm`, the new level alerts are candidates, sent only once a re-run of their job
     agrees (moecomm_tasks.confirm); without, they count as confirmed as they are. Kernels alerts
-    are exact: they are confirmed as they are. Confirmed new alerts are queued in the outbox on
+    are exact: they are confirmed as they are. Kernel checks read the nights of the last
+    `kernel_checks.WINDOW_DAYS` days, or every night with `all_kernel_nights`. Confirmed new alerts are queued in the outbox on
     the channels `deliver_to` under the digest title `digest`, in the transaction that stores
     them."""
     confirmation = Confirmation.CANDIDATE if confirm else Confirmation.CONFIRMED
@@ -109,17 +111,18 @@ def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequenc
                         last_good_run_id=good.run_id, first_bad_run_id=bad.run_id, provenance_diff=diff,
                         confirmation=confirmation,
                     ))
-        raised += _raise_kernel_changes(conn)
+        raised += _raise_kernel_changes(conn, None if all_kernel_nights else kernel_checks.window_start(conn))
         outbox.enqueue(conn, [a.alert_id for a in raised if a.confirmation is Confirmation.CONFIRMED],
                        deliver_to, digest)
     return raised
 
 
-def _raise_kernel_changes(conn: sa.Connection) -> list[Alert]:
-    """Store a kernels alert for every change of a series' kernels not raised before; return the
-    new ones. They are exact, so they are confirmed as they are."""
+def _raise_kernel_changes(conn: sa.Connection, since: datetime | None) -> list[Alert]:
+    """Store a kernels alert for every change of a series' kernels (on nights from `since` on;
+    None: every night) not raised before; return the new ones. They are exact, so they are
+    confirmed as they are."""
     raised = []
-    for change in kernel_checks.changes(conn):
+    for change in kernel_checks.changes(conn, since):
         before = _provenance(conn, change.last_good_run_id, change.last_good_job_key)
         after = _provenance(conn, change.first_bad_run_id, change.first_bad_job_key)
         diff = {f: [before.get(f), after.get(f)] for f in PROVENANCE_FIELDS if before.get(f) != after.get(f)}

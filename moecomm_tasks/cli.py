@@ -218,7 +218,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.notify:  # first what earlier runs could not deliver
         _print_deliveries(outbox.deliver_due(engine))
     channels = list(notify.channels()) if args.notify else []
-    raised = alerts.run_detection(engine, deliver_to=channels, digest=args.notify or "", confirm=not args.unconfirmed)
+    raised = alerts.run_detection(engine, deliver_to=channels, digest=args.notify or "", confirm=not args.unconfirmed,
+                                  all_kernel_nights=args.full)
     candidates = sum(a.confirmation is Confirmation.CANDIDATE for a in raised)
     if candidates:
         err_console.print(f"{candidates} new alert(s) are candidates: `moecomm confirm` runs their jobs again and "
@@ -423,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--unconfirmed", action="store_true",
                    help="store the new alerts as confirmed without re-running their jobs (and send them with --notify)")
+    p.add_argument("--full", action="store_true",
+                   help="check the kernels of every stored night (by default those of the last 14 days)")
     p.add_argument("--notify", metavar="TITLE", help="send the new alerts as one digest under this title (a run id) "
                                                      "to the channels configured in the environment (see README)")
     p.set_defaults(func=cmd_detect)

@@ -17,6 +17,11 @@ A series here is a job's series without the op (the kernels of every phase, `pha
 them apart): backend, profile, EP size, quantization, size, GPU model and the knobs. Nights that
 have no kernel breakdown for a series, excluded runs and runs other than nightly ones are not
 compared; a kernel's count is the largest any rank reported.
+
+What a check reads: every night (`changes()`, `moecomm detect --full`), or the nights from a
+given time on and each job's night before them (`changes(since=...)`): `detect` checks the last
+`WINDOW_DAYS` days, so that a night costs the same after a year as after a week. A change is
+stored once (the alert's unique key), however often it is found again.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
@@ -35,6 +41,9 @@ from moecomm_tasks.knobs import KNOB_FIELDS
 # The series key of a kernels alert, in the alert table's columns; its op is always `kernels`.
 KEY = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "gpu_model", *KNOB_FIELDS)
 KERNELS_OP = "kernels"
+# `detect` checks the nights of this many days before the newest run (a night whose detection
+# failed is checked by the next ones); `detect --full` checks every night.
+WINDOW_DAYS = 14
 # Spaces between two characters that are not both part of a word carry no meaning in a C++ name.
 _SPACE = re.compile(r"\s+")
 _MEANINGLESS_SPACE = re.compile(r"(?<![A-Za-z0-9_]) | (?![A-Za-z0-9_])")
@@ -110,14 +119,37 @@ class KernelChange:
     diff: dict[str, list[dict[str, Any]]]
 
 
-def _nights(conn: sa.Connection) -> dict[tuple, list[tuple[str, str, dict]]]:
-    """Every series' nights with a kernel breakdown, oldest first: (run_id, job_key, kernels)."""
+# The jobs to read: every nightly, not excluded one; or, with `since`, those of the runs from
+# `since` on and, for each of their job keys, the latest earlier one that has a kernel breakdown.
+_ALL_JOBS = "SELECT j.job_pk FROM job j JOIN run r USING (run_pk) WHERE r.kind = 'nightly' AND NOT r.excluded"
+_JOBS_SINCE = """
+    WITH recent AS (SELECT j.job_pk, j.job_key FROM job j JOIN run r USING (run_pk)
+                    WHERE r.kind = 'nightly' AND NOT r.excluded AND r.run_at >= :since)
+    SELECT job_pk FROM recent
+    UNION ALL
+    SELECT * FROM (SELECT DISTINCT ON (j.job_key) j.job_pk FROM job j JOIN run r USING (run_pk)
+                   WHERE r.kind = 'nightly' AND NOT r.excluded AND r.run_at < :since
+                     AND j.job_key IN (SELECT job_key FROM recent)
+                     AND EXISTS (SELECT 1 FROM kernel_timing k WHERE k.job_pk = j.job_pk)
+                   ORDER BY j.job_key, r.run_at DESC, r.run_id DESC) previous"""
+
+
+Night = tuple[str, str, tuple[tuple[str, str, int], ...]]  # run_id, job_key, (phase, name, count) sorted
+
+
+def _nights(conn: sa.Connection, since: datetime | None) -> dict[tuple, list[Night]]:
+    """Every series' nights with a kernel breakdown, oldest first, each with its kernels as
+    printed (phase, name, the largest count any rank reported)."""
     knobs = ", ".join(f"m.{k}" for k in KNOB_FIELDS)
     rows = conn.execute(sa.text(f"""
+        WITH jobs AS ({_ALL_JOBS if since is None else _JOBS_SINCE}),
+             k AS (SELECT job_pk, backend, local_batch_size, phase, kernel, max(count) AS count
+                   FROM kernel_timing WHERE job_pk IN (SELECT job_pk FROM jobs)
+                   GROUP BY job_pk, backend, local_batch_size, phase, kernel)
         SELECT k.backend, j.profile, j.ep_size, COALESCE(j.quant_algo, '') AS quant_algo, k.local_batch_size,
                COALESCE(p.gpu_model, '') AS gpu_model, {knobs}, r.run_id, r.run_at, j.job_key,
-               k.phase, k.kernel, max(k.count) AS count
-        FROM kernel_timing k
+               array_agg(k.phase) AS phases, array_agg(k.kernel) AS kernels, array_agg(k.count) AS counts
+        FROM k
         JOIN job j USING (job_pk)
         JOIN run r USING (run_pk)
         LEFT JOIN provenance p USING (job_pk)
@@ -125,27 +157,37 @@ def _nights(conn: sa.Connection) -> dict[tuple, list[tuple[str, str, dict]]]:
         JOIN LATERAL (SELECT {', '.join(KNOB_FIELDS)} FROM measurement
                       WHERE job_pk = k.job_pk AND backend = k.backend AND local_batch_size = k.local_batch_size
                       ORDER BY op LIMIT 1) m ON true
-        WHERE r.kind = 'nightly' AND NOT r.excluded
         GROUP BY k.backend, j.profile, j.ep_size, j.quant_algo, k.local_batch_size, p.gpu_model, {knobs},
-                 r.run_id, r.run_at, j.job_key, k.phase, k.kernel
-        ORDER BY r.run_at, r.run_id, j.job_key""")).all()
-    grouped: dict[tuple, dict[tuple[str, str], list[tuple[str, str, int]]]] = defaultdict(lambda: defaultdict(list))
+                 r.run_id, r.run_at, j.job_key
+        ORDER BY r.run_at, r.run_id, j.job_key"""), {"since": since}).all()
+    nights: dict[tuple, list[Night]] = defaultdict(list)
     for row in rows:
-        grouped[tuple(getattr(row, k) for k in KEY)][(row.run_id, row.job_key)].append(
-            (row.phase, row.kernel, row.count))
-    return {key: [(run, job, kernel_set(kernels)) for (run, job), kernels in nights.items()]
-            for key, nights in grouped.items()}
+        key = (row.backend, row.profile, row.ep_size, row.quant_algo, row.local_batch_size, row.gpu_model,
+               *(getattr(row, k) for k in KNOB_FIELDS))
+        nights[key].append((row.run_id, row.job_key, tuple(sorted(zip(row.phases, row.kernels, row.counts)))))
+    return nights
 
 
-def changes(conn: sa.Connection) -> list[KernelChange]:
-    """Every change of a series' kernels between consecutive nights of the stored history."""
+def changes(conn: sa.Connection, since: datetime | None = None) -> list[KernelChange]:
+    """Every change of a series' kernels between consecutive nights of the stored history; with
+    `since`, only those on nights from `since` on (each compared with the previous night of its
+    job that had a kernel breakdown), which reads those nights only."""
     found = []
-    for key, nights in _nights(conn).items():
+    for key, nights in _nights(conn, since).items():
         for (good_run, good_job, before), (bad_run, bad_job, after) in zip(nights, nights[1:]):
-            diff = difference(before, after)
+            if before == after:  # printed alike: nothing to demangle
+                continue
+            diff = difference(kernel_set(list(before)), kernel_set(list(after)))
             if diff is not None:
                 found.append(KernelChange(dict(zip(KEY, key)), good_run, good_job, bad_run, bad_job, diff))
     return found
+
+
+def window_start(conn: sa.Connection, days: int = WINDOW_DAYS) -> datetime | None:
+    """Where the nightly check starts: `days` before the newest nightly run (None: no runs)."""
+    return conn.execute(sa.text(
+        "SELECT max(run_at) - make_interval(days => :days) FROM run WHERE kind = 'nightly' AND NOT excluded"),
+        {"days": days}).scalar()
 
 
 def summary(diff: dict[str, list[dict[str, Any]]], limit: int = 6) -> list[str]:

@@ -139,3 +139,14 @@ def test_cli_lists_and_delivers_the_difference(engine, database_url, monkeypatch
     (sent,) = group["alerts"]
     assert sent["kind"] == "kernels" and sent["kernel_diff"] == raised["kernel_diff"]
     assert "- combine moeA2ACombineKernel x200" in sent["difference"]
+
+
+def test_detect_checks_the_last_two_weeks_and_full_checks_every_night(engine, database_url, monkeypatch, capsys):
+    rng = random.Random(6)
+    renamed = {"moeA2ADispatchKernel": "moeA2ADispatchKernelV2"}
+    load_nights(engine, [night_text(rng, 0.01, renames=renamed if index >= 2 else None) for index in range(20)])
+    assert kernel_alerts(alerts.run_detection(engine)) == []  # night-02 is 17 days before the newest
+    monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)
+    assert main(["detect", "--full", "--format", "json"]) == 0
+    (raised,) = [a for a in json.loads(capsys.readouterr().out) if a["kind"] == "kernels"]
+    assert (raised["last_good_run_id"], raised["first_bad_run_id"]) == ("night-01", "night-02")
