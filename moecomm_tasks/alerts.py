@@ -65,9 +65,9 @@ def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequenc
     With `confirm`, the new level alerts are candidates, sent only once a re-run of their job
     agrees (moecomm_tasks.confirm); without, they count as confirmed as they are. Kernels alerts
     are exact: they are confirmed as they are. Kernel checks read the nights of the last
-    `kernel_checks.WINDOW_DAYS` days, or every night with `all_kernel_nights`. Confirmed new alerts are queued in the outbox on
-    the channels `deliver_to` under the digest title `digest`, in the transaction that stores
-    them."""
+    `kernel_checks.WINDOW_DAYS` days, or every night with `all_kernel_nights`. Confirmed new
+    alerts are queued in the outbox on the channels `deliver_to` under the digest title
+    `digest`, in the transaction that stores them."""
     confirmation = Confirmation.CANDIDATE if confirm else Confirmation.CONFIRMED
     raised: list[Alert] = []
     with engine.begin() as conn:
