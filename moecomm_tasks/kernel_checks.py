@@ -44,6 +44,7 @@ KERNELS_OP = "kernels"
 # `detect` checks the nights of this many days before the newest run (a night whose detection
 # failed is checked by the next ones); `detect --full` checks every night.
 WINDOW_DAYS = 14
+WORK_MEM_MB = 64
 # Spaces between two characters that are not both part of a word carry no meaning in a C++ name.
 _SPACE = re.compile(r"\s+")
 _MEANINGLESS_SPACE = re.compile(r"(?<![A-Za-z0-9_]) | (?![A-Za-z0-9_])")
@@ -141,24 +142,28 @@ def _nights(conn: sa.Connection, since: datetime | None) -> dict[tuple, list[Nig
     """Every series' nights with a kernel breakdown, oldest first, each with its kernels as
     printed (phase, name, the largest count any rank reported)."""
     knobs = ", ".join(f"m.{k}" for k in KNOB_FIELDS)
+    # Grouping by the kernels' names sorts long texts: room for a few weeks of nights in memory
+    # (the default 4 MB spills them to disk), for this transaction only.
+    conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM_MB}MB'"))
     rows = conn.execute(sa.text(f"""
         WITH jobs AS ({_ALL_JOBS if since is None else _JOBS_SINCE}),
              k AS (SELECT job_pk, backend, local_batch_size, phase, kernel, max(count) AS count
                    FROM kernel_timing WHERE job_pk IN (SELECT job_pk FROM jobs)
-                   GROUP BY job_pk, backend, local_batch_size, phase, kernel)
-        SELECT k.backend, j.profile, j.ep_size, COALESCE(j.quant_algo, '') AS quant_algo, k.local_batch_size,
+                   GROUP BY job_pk, backend, local_batch_size, phase, kernel),
+             s AS (SELECT job_pk, backend, local_batch_size,
+                          array_agg(phase) AS phases, array_agg(kernel) AS kernels, array_agg(count) AS counts
+                   FROM k GROUP BY job_pk, backend, local_batch_size)
+        SELECT s.backend, j.profile, j.ep_size, COALESCE(j.quant_algo, '') AS quant_algo, s.local_batch_size,
                COALESCE(p.gpu_model, '') AS gpu_model, {knobs}, r.run_id, r.run_at, j.job_key,
-               array_agg(k.phase) AS phases, array_agg(k.kernel) AS kernels, array_agg(k.count) AS counts
-        FROM k
+               s.phases, s.kernels, s.counts
+        FROM s
         JOIN job j USING (job_pk)
         JOIN run r USING (run_pk)
         LEFT JOIN provenance p USING (job_pk)
         -- The knobs are the measurement's: the same for every op of one backend and size.
         JOIN LATERAL (SELECT {', '.join(KNOB_FIELDS)} FROM measurement
-                      WHERE job_pk = k.job_pk AND backend = k.backend AND local_batch_size = k.local_batch_size
+                      WHERE job_pk = s.job_pk AND backend = s.backend AND local_batch_size = s.local_batch_size
                       ORDER BY op LIMIT 1) m ON true
-        GROUP BY k.backend, j.profile, j.ep_size, j.quant_algo, k.local_batch_size, p.gpu_model, {knobs},
-                 r.run_id, r.run_at, j.job_key
         ORDER BY r.run_at, r.run_id, j.job_key"""), {"since": since}).all()
     nights: dict[tuple, list[Night]] = defaultdict(list)
     for row in rows:
