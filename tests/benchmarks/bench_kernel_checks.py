@@ -12,14 +12,14 @@ every stored night (`kernel_checks.changes()`, `moecomm detect --full`), the che
 with the changes it found; and whether the windowed checks agree with the full one on their
 nights.
 
-Usage: python tests/benchmarks/bench_kernel_checks.py [--nights 60]
-The database server is MOECOMM_DATABASE_URL's (its user must be allowed to create databases).
+Usage: python tests/benchmarks/bench_kernel_checks.py [--nights 60] (at most 400)
+The database server is MOECOMM_DATABASE_URL's (its user must be allowed to create databases)
+or the embedded PostgreSQL.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import time
 from datetime import datetime, timedelta, timezone
@@ -80,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     if not 2 <= args.nights <= 400:
         parser.error("--nights: 2 to 400")
-    server = os.environ.get("MOECOMM_DATABASE_URL") or os.environ["MOECOMM_TEST_DATABASE_URL"]
+    server = db.database_url()
     rng = random.Random(17)
     with db.scratch_database(server, prefix="moecomm_bench_kernels") as url:
         engine = db.make_engine(url)
