@@ -135,6 +135,16 @@ _JOBS_SINCE = """
                    ORDER BY j.job_key, r.run_at DESC, r.run_id DESC) previous"""
 
 
+def _jobs(conn: sa.Connection, since: datetime | None) -> tuple[str, dict[str, Any]]:
+    """The condition on `kernel_timing.job_pk` that picks the jobs to read, and its parameters.
+    With `since`, the jobs are listed first, so that the planner knows how few they are and reads
+    them through the primary key rather than the whole table."""
+    if since is None:
+        return f"job_pk IN ({_ALL_JOBS})", {}
+    return "job_pk = ANY(CAST(:jobs AS bigint[]))", {
+        "jobs": list(conn.execute(sa.text(_JOBS_SINCE), {"since": since}).scalars())}
+
+
 Night = tuple[str, str, tuple[tuple[str, str, int], ...]]  # run_id, job_key, (phase, name, count) sorted
 
 
@@ -145,10 +155,10 @@ def _nights(conn: sa.Connection, since: datetime | None) -> dict[tuple, list[Nig
     # Grouping by the kernels' names sorts long texts: room for a few weeks of nights in memory
     # (the default 4 MB spills them to disk), for this transaction only.
     conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM_MB}MB'"))
+    jobs, params = _jobs(conn, since)
     rows = conn.execute(sa.text(f"""
-        WITH jobs AS ({_ALL_JOBS if since is None else _JOBS_SINCE}),
-             k AS (SELECT job_pk, backend, local_batch_size, phase, kernel, max(count) AS count
-                   FROM kernel_timing WHERE job_pk IN (SELECT job_pk FROM jobs)
+        WITH k AS (SELECT job_pk, backend, local_batch_size, phase, kernel, max(count) AS count
+                   FROM kernel_timing WHERE {jobs}
                    GROUP BY job_pk, backend, local_batch_size, phase, kernel),
              s AS (SELECT job_pk, backend, local_batch_size,
                           array_agg(phase) AS phases, array_agg(kernel) AS kernels, array_agg(count) AS counts
@@ -164,7 +174,7 @@ def _nights(conn: sa.Connection, since: datetime | None) -> dict[tuple, list[Nig
         JOIN LATERAL (SELECT {', '.join(KNOB_FIELDS)} FROM measurement
                       WHERE job_pk = s.job_pk AND backend = s.backend AND local_batch_size = s.local_batch_size
                       ORDER BY op LIMIT 1) m ON true
-        ORDER BY r.run_at, r.run_id, j.job_key"""), {"since": since}).all()
+        ORDER BY r.run_at, r.run_id, j.job_key"""), params).all()
     nights: dict[tuple, list[Night]] = defaultdict(list)
     for row in rows:
         key = (row.backend, row.profile, row.ep_size, row.quant_algo, row.local_batch_size, row.gpu_model,
