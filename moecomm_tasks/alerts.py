@@ -138,7 +138,8 @@ def _raise_kernel_changes(conn: sa.Connection, since: datetime | None) -> list[A
             **change.series, "op": kernel_checks.KERNELS_OP, "kind": AlertKind.KERNELS.value,
             "direction": Direction.CHANGE.value, "good": change.last_good_run_id, "bad": change.first_bad_run_id,
             "diff": json.dumps(diff, default=str), "kernel_diff": json.dumps(change.diff),
-            "confirmation": Confirmation.CONFIRMED.value, "confirm_note": "exact (a kernel set is not noisy): not re-run",
+            "confirmation": Confirmation.CONFIRMED.value,
+            "confirm_note": "exact (a kernel set is not noisy): not re-run",
         }).first()
         if row is not None:
             raised.append(Alert(

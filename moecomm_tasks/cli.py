@@ -232,8 +232,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     else:
         _table(f"{len(raised)} new alert(s)", ["id", "direction", "change %", "confidence", "backend", "profile", "ep",
                                                 "size", "op", "last good", "first bad", "confirmation"],
-               [(a.alert_id, a.direction, a.change_pct, a.confidence, a.backend, a.profile, a.ep_size, a.local_batch_size, a.op,
-                 a.last_good_run_id, a.first_bad_run_id, a.confirmation) for a in raised])
+               [(a.alert_id, a.direction, a.change_pct, a.confidence, a.backend, a.profile, a.ep_size,
+                 a.local_batch_size, a.op, a.last_good_run_id, a.first_bad_run_id, a.confirmation) for a in raised])
         _print_kernel_changes(raised)
     return EXIT_OK
 
@@ -269,7 +269,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if args.action == "list":
         from moecomm_tasks.bisection_report import short
 
-        listed = alerts.list_alerts(engine, args.state)
+        listed = alerts.list_alerts(engine, args.state and AlertState(args.state))
         if args.format == "json":
             print(json.dumps([a.as_json() for a in listed], indent=2, default=str))
             return EXIT_OK
@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "digests' deliveries (outbox)")
     p.add_argument("action", choices=["list", "ack", "resolve", "mute", "deliveries"])
     p.add_argument("id", nargs="?", type=int)
-    p.add_argument("--state", choices=list(AlertState), type=AlertState, help="with list: only this state")
+    p.add_argument("--state", choices=[s.value for s in AlertState], help="with list: only this state")
     p.add_argument("--format", choices=["table", "json"], default="table", help="with list: a table or JSON")
     p.add_argument("--note", help="with ack, resolve or mute: why")
     p.set_defaults(func=cmd_alerts)

@@ -13,8 +13,9 @@ A group is the set of new alerts that share their run range (last good run, firs
 same night broke them, so they probably share a cause, shown with the provenance that changed.
 Every alert carries the SQL that shows its series, composed with psycopg2's quoting
 (`query.shown_sql`); a kernels alert carries the SQL that shows the two nights' kernels and the
-difference (kernels added and removed, launch counts before and after). Names come from benchmark output, so the Slack message escapes them (no
-mention, link or formatting can be smuggled in). Delivery, retried until it succeeds, is the
+difference (kernels added and removed, launch counts before and after). Names come from
+benchmark output, so the Slack message escapes them (no mention, link or formatting can be
+smuggled in). Delivery, retried until it succeeds, is the
 outbox's (`moecomm_tasks.outbox`); this module builds digests and sends one on one channel.
 """
 
@@ -56,7 +57,8 @@ def kernels_sql(alert: Alert) -> sql.Composed:
         template = "COALESCE({}, '') = {}" if key in ("quant_algo", "gpu_model") else "{} = {}"
         where.append(sql.SQL(template).format(sql.SQL(key), sql.Literal(getattr(alert, key))))  # our own columns
     return sql.SQL("SELECT run_id, phase, kernel, max(count) AS count FROM kernel_flat WHERE {} "
-                   "GROUP BY run_id, phase, kernel ORDER BY phase, kernel, run_id;").format(sql.SQL(" AND ").join(where))
+                   "GROUP BY run_id, phase, kernel ORDER BY phase, kernel, run_id;").format(
+                       sql.SQL(" AND ").join(where))
 
 
 @dataclass(frozen=True)
