@@ -148,14 +148,18 @@ def analyze(engine: Engine, run_id: str, matrix: Matrix) -> dict[str, Any]:
     """The `analyze` task: first send the alert digests earlier runs could not deliver, then detect.
     The new alerts are candidates that `confirm` judges after their jobs ran again; with
     confirmation off (`matrix.confirmation.max_jobs = 0`) they are queued at once on every
-    configured channel (one digest titled with the run id) and sent. A channel that fails is
-    recorded in the outbox and tried again by the next run (or `moecomm detect --notify`)."""
+    configured channel (one digest titled with the run id) and sent. Kernels alerts are queued at
+    once either way (they need no confirmation) and, with confirmation on, sent by `confirm` in
+    the same digest. A channel that fails is recorded in the outbox and tried again by the next
+    run (or `moecomm detect --notify`)."""
     from moecomm_tasks import alerts, notify, outbox
 
     earlier = outbox.deliver_due(engine)
-    new_alerts = alerts.run_detection(engine, deliver_to=list(notify.channels()), digest=run_id,
-                                      confirm=matrix.confirmation.max_jobs > 0)
-    notified = {**earlier, **outbox.deliver_due(engine)}
+    confirming = matrix.confirmation.max_jobs > 0
+    new_alerts = alerts.run_detection(engine, deliver_to=list(notify.channels()), digest=run_id, confirm=confirming)
+    # With confirmation on, what detection queued (kernels alerts: exact, so confirmed at once)
+    # goes out with the alerts `confirm` confirms, as the night's one digest.
+    notified = earlier if confirming else {**earlier, **outbox.deliver_due(engine)}
     return {**run_summary(engine, run_id), "new_alerts": [a.as_json() for a in new_alerts], "notified": notified}
 
 
