@@ -150,3 +150,23 @@ def test_detect_checks_the_last_two_weeks_and_full_checks_every_night(engine, da
     assert main(["detect", "--full", "--format", "json"]) == 0
     (raised,) = [a for a in json.loads(capsys.readouterr().out) if a["kind"] == "kernels"]
     assert (raised["last_good_run_id"], raised["first_bad_run_id"]) == ("night-01", "night-02")
+
+
+def test_the_nightly_sends_a_kernels_alert_in_the_confirm_tasks_one_digest(engine, http_sink, monkeypatch):
+    from moecomm_tasks import nightly
+    from moecomm_tasks.matrix import parse_matrix
+
+    url, received = http_sink
+    monkeypatch.setenv("MOECOMM_ALERT_WEBHOOK_URL", url)
+    rng = random.Random(7)
+    load_nights(engine, [night_text(rng, 0.01), night_text(rng, 0.01, counts={"moeA2ACombineKernel": 100})])
+    matrix = parse_matrix({"backends": ["NVLINK_ONE_SIDED"], "profiles": ["gpt_oss"], "ep_sizes": [2],
+                           "confirmation": {"max_jobs": 2}})
+    analyzed = nightly.analyze(engine, "night-01", matrix)
+    (alert,) = analyzed["new_alerts"]
+    assert alert["kind"] == "kernels" and analyzed["notified"] == {} and received == []  # not yet
+    confirmed = nightly.confirm(engine, "night-01", matrix)
+    assert confirmed["notified"] == {"webhook night-01": "sent (1 alerts)"}
+    (digest,) = received
+    assert digest["title"] == "moecomm night-01: 1 new alert(s), 0 regression(s), 1 kernel change(s), 1 probable cause(s)"
+    assert digest["groups"][0]["alerts"][0]["difference"] == ["~ combine moeA2ACombineKernel x200 -> x100"]
