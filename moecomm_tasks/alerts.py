@@ -2,6 +2,10 @@
 muted). Reads the series' nights (`series_night`, through `moecomm_tasks.history`); writes the
 `alert` table, where each series' scan stands (`series_scan`) and, in the same transaction, the
 new alerts' deliveries (`moecomm_tasks.outbox`).
+
+Alerts are `moecomm_tasks.domain.Alert`s: level alerts (a change point in a series' night
+values) and kernels alerts (a series' set of kernels or their launch counts changed between two
+nights: `moecomm_tasks.kernel_checks`).
 """
 
 from __future__ import annotations
@@ -10,19 +14,20 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from moecomm_tasks.detect import Params, SeriesInput, detect_group, median_stderr
-from moecomm_tasks import history, outbox
+from moecomm_tasks.domain import Alert, AlertKind, AlertState, Confirmation, Direction
+from moecomm_tasks import history, kernel_checks, outbox
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.series import SERIES_KEY as SERIES
 
 PROVENANCE_FIELDS = ("gpu_model", "driver_version", "cuda_version", "nccl_version", "torch_version",
                      "trtllm_version", "trtllm_commit", "build_name", "build_commit", "build_version")
-STATES = ("open", "acknowledged", "resolved", "muted")
 
 
 def _known(values: Iterable[float | None]) -> list[float]:
@@ -50,18 +55,21 @@ def _input(series: history.SeriesHistory) -> SeriesInput:
 
 
 def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequence[str] = (),
-                  digest: str = "", confirm: bool = False, full: bool = False) -> list[dict[str, Any]]:
-    """Detect changes in the series' nights not tested yet; store the new ones; return them
-    (oldest first). With `full`, every night of every series is tested again (the same alerts,
-    none raised twice).
+                  digest: str = "", confirm: bool = False, full: bool = False) -> list[Alert]:
+    """Detect changes in the series' nights not tested yet and in the series' kernels; store the
+    new ones; return them (level alerts oldest first, then kernels alerts). With `full`, every
+    night of every series is tested again and every stored night's kernels are checked (the same
+    alerts, none raised twice); without, kernel checks read the nights of the last
+    `kernel_checks.WINDOW_DAYS` days.
 
     The series of one job (same key but the token count and the op) are detected together
-    (`detect.detect_group`). With `confirm`, the new alerts are candidates, sent only once a
-    re-run of their job agrees (moecomm_tasks.confirm); without, they count as confirmed as they
-    are. Confirmed new alerts are queued in the outbox on the channels `deliver_to` under the
-    digest title `digest`, in the transaction that stores them."""
-    confirmation = "candidate" if confirm else "confirmed"
-    raised = []
+    (`detect.detect_group`). With `confirm`, the new level alerts are candidates, sent only once
+    a re-run of their job agrees (moecomm_tasks.confirm); without, they count as confirmed as they
+    are. Kernels alerts are exact: they are confirmed as they are. Confirmed new alerts are
+    queued in the outbox on the channels `deliver_to` under the digest title `digest`, in the
+    transaction that stores them."""
+    confirmation = Confirmation.CANDIDATE if confirm else Confirmation.CONFIRMED
+    raised: list[Alert] = []
     with engine.begin() as conn:
         groups: dict[tuple, dict] = defaultdict(dict)
         for series in history.read(conn, params, full):
@@ -72,15 +80,16 @@ def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequenc
             for key, series in members.items():
                 changes = found[key]
                 scanned.append((series, changes[-1].first_bad if changes else None))
-                raised.extend(_store(conn, key.astuple(), series.nights, changes, confirmation, confirm))
+                raised.extend(_store(conn, key.astuple(), series.nights, changes, confirmation))
         history.save(conn, params, scanned)
-        if not confirm:
-            outbox.enqueue(conn, [a["alert_id"] for a in raised], deliver_to, digest)
+        raised += _raise_kernel_changes(conn, None if full else kernel_checks.window_start(conn))
+        outbox.enqueue(conn, [a.alert_id for a in raised if a.confirmation is Confirmation.CONFIRMED],
+                       deliver_to, digest)
     return raised
 
 
-def _store(conn: sa.Connection, key: tuple, nights: list[sa.Row], changes: list, confirmation: str,
-           confirm: bool) -> list[dict[str, Any]]:
+def _store(conn: sa.Connection, key: tuple, nights: list, changes: list,
+           confirmation: Confirmation) -> list[Alert]:
     """Insert the alerts of one series' changes (none twice); return the new ones."""
     raised = []
     for change in changes:
@@ -106,40 +115,79 @@ def _store(conn: sa.Connection, key: tuple, nights: list[sa.Row], changes: list,
             "confidence": change.confidence, "baseline": change.baseline, "after": change.after,
             "good": good.run_id, "bad": bad.run_id, "detected": nights[change.detected_at].run_id,
             "diff": json.dumps(diff, default=str), "confirmation": confirmation,
-            "confirm_note": None if confirm else "not re-run (confirmation off)",
+            "confirm_note": None if confirmation is Confirmation.CANDIDATE else "not re-run (confirmation off)",
         }).first()
         if row is not None:
-            raised.append({
-                "alert_id": row.alert_pk, **dict(zip(SERIES, key)), "direction": change.direction,
-                "change_pct": round(change.change_pct, 3), "confidence": round(change.confidence, 4),
-                "baseline_us": change.baseline, "after_us": change.after,
-                "last_good_run_id": good.run_id, "first_bad_run_id": bad.run_id,
-                "provenance_diff": diff, "confirmation": confirmation,
-            })
+            raised.append(Alert(
+                alert_id=row.alert_pk, kind=AlertKind.LEVEL, **dict(zip(SERIES, key)),
+                direction=Direction(change.direction), change_pct=change.change_pct,
+                confidence=change.confidence, baseline_us=change.baseline, after_us=change.after,
+                last_good_run_id=good.run_id, first_bad_run_id=bad.run_id, provenance_diff=diff,
+                confirmation=confirmation,
+            ))
     return raised
 
 
-def list_alerts(engine: Engine, state: str | None = None) -> list[sa.Row]:
+def _raise_kernel_changes(conn: sa.Connection, since: datetime | None) -> list[Alert]:
+    """Store a kernels alert for every change of a series' kernels (on nights from `since` on;
+    None: every night) not raised before; return the new ones. They are exact, so they are
+    confirmed as they are."""
+    raised = []
+    for change in kernel_checks.changes(conn, since):
+        before = _provenance(conn, change.last_good_run_id, change.last_good_job_key)
+        after = _provenance(conn, change.first_bad_run_id, change.first_bad_job_key)
+        diff = {f: [before.get(f), after.get(f)] for f in PROVENANCE_FIELDS if before.get(f) != after.get(f)}
+        row = conn.execute(sa.text(f"""
+            INSERT INTO alert ({', '.join(kernel_checks.KEY)}, op, kind, direction,
+                               last_good_run_id, first_bad_run_id, detected_run_id, provenance_diff, kernel_diff,
+                               confirmation, confirm_note)
+            VALUES ({', '.join(':' + k for k in kernel_checks.KEY)}, :op, :kind, :direction,
+                    :good, :bad, :bad, CAST(:diff AS jsonb), CAST(:kernel_diff AS jsonb),
+                    :confirmation, :confirm_note)
+            ON CONFLICT ON CONSTRAINT alert_change_key DO NOTHING
+            RETURNING alert_pk"""), {
+            **change.series, "op": kernel_checks.KERNELS_OP, "kind": AlertKind.KERNELS.value,
+            "direction": Direction.CHANGE.value, "good": change.last_good_run_id, "bad": change.first_bad_run_id,
+            "diff": json.dumps(diff, default=str), "kernel_diff": json.dumps(change.diff),
+            "confirmation": Confirmation.CONFIRMED.value,
+            "confirm_note": "exact (a kernel set is not noisy): not re-run",
+        }).first()
+        if row is not None:
+            raised.append(Alert(
+                alert_id=row.alert_pk, kind=AlertKind.KERNELS, **change.series, op=kernel_checks.KERNELS_OP,
+                direction=Direction.CHANGE, change_pct=None, confidence=None, baseline_us=None, after_us=None,
+                last_good_run_id=change.last_good_run_id, first_bad_run_id=change.first_bad_run_id,
+                provenance_diff=diff, kernel_diff=change.diff, confirmation=Confirmation.CONFIRMED,
+            ))
+    return raised
+
+
+def list_alerts(engine: Engine, state: AlertState | None = None) -> list[Alert]:
+    """Every alert (or those in `state`), newest first, with its latest bisection's verdict."""
     where = "WHERE a.state = :state" if state else ""
     with engine.connect() as conn:
-        return list(conn.execute(sa.text(f"""
-            SELECT a.alert_pk AS id, a.state, a.direction, round(a.change_pct::numeric, 2) AS change_pct,
-                   round(a.confidence::numeric, 4) AS confidence, a.backend, a.profile, a.ep_size, a.local_batch_size,
-                   a.op, a.gpu_model, a.last_good_run_id, a.first_bad_run_id, a.state_note,
-                   a.confirmation, a.confirm_note, v.state AS bisection_state, v.first_bad_build, v.commit_range
+        rows = conn.execute(sa.text(f"""
+            SELECT a.alert_pk AS alert_id, a.kind, a.state, a.direction, round(a.change_pct::numeric, 2) AS change_pct,
+                   round(a.confidence::numeric, 4) AS confidence, a.baseline_us, a.after_us,
+                   {', '.join('a.' + k for k in SERIES)}, a.last_good_run_id, a.first_bad_run_id, a.state_note,
+                   a.provenance_diff, a.kernel_diff, a.confirmation, a.confirm_note,
+                   v.state AS bisection_state, v.first_bad_build, v.commit_range
             FROM alert a
             LEFT JOIN LATERAL (SELECT state, first_bad_build, commit_range FROM bisection_verdict
                                WHERE alert_id = a.alert_pk ORDER BY bisection_id DESC LIMIT 1) v ON true
-            {where} ORDER BY a.created_at DESC, a.alert_pk DESC"""), {"state": state}))
+            {where} ORDER BY a.created_at DESC, a.alert_pk DESC"""), {"state": state and AlertState(state).value})
+        return [Alert.from_row(row._mapping) for row in rows]
 
 
-def set_state(engine: Engine, alert_id: int, state: str, note: str | None = None) -> None:
-    if state not in STATES:
-        raise MoecommError(f"unknown state {state!r} ({', '.join(STATES)})")
+def set_state(engine: Engine, alert_id: int, state: AlertState | str, note: str | None = None) -> None:
+    try:
+        state = AlertState(state)
+    except ValueError:
+        raise MoecommError(f"unknown state {state!r} ({', '.join(AlertState)})") from None
     with engine.begin() as conn:
         updated = conn.execute(sa.text(
             "UPDATE alert SET state = :state, state_note = COALESCE(:note, state_note), updated_at = now() "
-            "WHERE alert_pk = :id"), {"state": state, "note": note, "id": alert_id}).rowcount
+            "WHERE alert_pk = :id"), {"state": state.value, "note": note, "id": alert_id}).rowcount
     if not updated:
         raise MoecommError(f"no alert {alert_id} (see: moecomm alerts list)")
 

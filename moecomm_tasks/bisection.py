@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 
 from moecomm_tasks import bisection_search as search
 from moecomm_tasks import nightly, query
+from moecomm_tasks.domain import Confirmation, Direction
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.matrix import Build, Job, Matrix
 from moecomm_tasks.names import safe_name
@@ -56,7 +57,7 @@ class Plan:
 def is_confirmed(alert: Mapping[str, Any]) -> bool:
     """Whether an alert is a confirmed regression (its job's re-run agreed, moecomm_tasks.confirm),
     which the nightly DAG hands to the bisection DAG."""
-    return alert["direction"] == "regression" and alert["confirmation"] == "confirmed"
+    return alert["direction"] == Direction.REGRESSION and alert["confirmation"] == Confirmation.CONFIRMED
 
 
 def _alert(conn: sa.Connection, alert_id: int) -> sa.Row:
@@ -88,7 +89,7 @@ def plan(engine: Engine, matrix: Matrix, alert_id: int) -> Plan:
     """Everything bisecting alert `alert_id` takes; raises BisectionError saying what is missing."""
     with engine.connect() as conn:
         alert = _alert(conn, alert_id)
-        if alert.direction != "regression":
+        if alert.direction != Direction.REGRESSION:
             raise BisectionError(f"alert {alert_id} is an improvement: only regressions are bisected")
         series = {k: getattr(alert, k) for k in SERIES_KEY}
         good, bad = _end(conn, alert.last_good_run_id, series), _end(conn, alert.first_bad_run_id, series)

@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from moecomm_tasks import limits, query
+from moecomm_tasks.domain import Alert, AlertKind, AlertState, Confirmation
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.knobs import TIMING_METHODS
 
@@ -219,7 +220,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     channels = list(notify.channels()) if args.notify else []
     raised = alerts.run_detection(engine, deliver_to=channels, digest=args.notify or "", confirm=not args.unconfirmed,
                                   full=args.full)
-    candidates = sum(a["confirmation"] == "candidate" for a in raised)
+    candidates = sum(a.confirmation is Confirmation.CANDIDATE for a in raised)
     if candidates:
         err_console.print(f"{candidates} new alert(s) are candidates: `moecomm confirm` runs their jobs again and "
                           "sends those that the re-run confirms (the nightly DAG does this itself)")
@@ -227,14 +228,27 @@ def cmd_detect(args: argparse.Namespace) -> int:
         _print_deliveries(outbox.deliver_due(engine), empty="nothing new, nothing sent" if channels
                           else "no channel configured (README, Configuration)")
     if args.format == "json":
-        print(json.dumps(raised, indent=2, default=str))
+        print(json.dumps([a.as_json() for a in raised], indent=2, default=str))
     else:
         _table(f"{len(raised)} new alert(s)", ["id", "direction", "change %", "confidence", "backend", "profile", "ep",
                                                 "size", "op", "last good", "first bad", "confirmation"],
-               [(a["alert_id"], a["direction"], a["change_pct"], a["confidence"], a["backend"], a["profile"],
-                 a["ep_size"], a["local_batch_size"], a["op"], a["last_good_run_id"], a["first_bad_run_id"],
-                 a["confirmation"]) for a in raised])
+               [(a.alert_id, a.direction, a.change_pct, a.confidence, a.backend, a.profile, a.ep_size,
+                 a.local_batch_size, a.op, a.last_good_run_id, a.first_bad_run_id, a.confirmation) for a in raised])
+        _print_kernel_changes(raised)
     return EXIT_OK
+
+
+def _print_kernel_changes(listed: Sequence[Alert]) -> None:
+    """Under a table of alerts, what each kernels alert found changed."""
+    from moecomm_tasks.kernel_checks import summary
+
+    for alert in listed:
+        if alert.kind is AlertKind.KERNELS:
+            console.print(f"#{alert.alert_id} kernels {alert.backend} {alert.profile} EP{alert.ep_size} "
+                          f"{alert.local_batch_size} tokens, {alert.last_good_run_id} -> {alert.first_bad_run_id}:",
+                          markup=False, soft_wrap=True)
+            for line in summary(alert.kernel_diff or {}):
+                console.print(f"  {line}", markup=False, soft_wrap=True)
 
 
 def _print_deliveries(outcome: dict[str, str], empty: str | None = None) -> None:
@@ -255,15 +269,20 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     if args.action == "list":
         from moecomm_tasks.bisection_report import short
 
-        rows = alerts.list_alerts(engine, args.state)
+        listed = alerts.list_alerts(engine, args.state and AlertState(args.state))
+        if args.format == "json":
+            print(json.dumps([a.as_json() for a in listed], indent=2, default=str))
+            return EXIT_OK
         _table(None, ["id", "state", "direction", "change %", "confidence", "backend", "profile", "ep", "size", "op",
                       "gpu", "last good", "first bad", "note", "confirmation", "bisection"],
-               [(*row[:14], row.confirmation, short(row.bisection_state, row.first_bad_build, row.commit_range))
-                for row in rows])
+               [(a.alert_id, a.state, a.direction, a.change_pct, a.confidence, a.backend, a.profile, a.ep_size,
+                 a.local_batch_size, a.op, a.gpu_model, a.last_good_run_id, a.first_bad_run_id, a.state_note,
+                 a.confirmation, short(a.bisection_state, a.first_bad_build, a.commit_range)) for a in listed])
+        _print_kernel_changes(listed)
         return EXIT_OK
     if args.id is None:
         raise MoecommError(f"moecomm alerts {args.action} needs an alert id")
-    state = {"ack": "acknowledged", "resolve": "resolved", "mute": "muted"}[args.action]
+    state = {"ack": AlertState.ACKNOWLEDGED, "resolve": AlertState.RESOLVED, "mute": AlertState.MUTED}[args.action]
     alerts.set_state(engine, args.id, state, args.note)
     console.print(f"alert {args.id}: {state}")
     return EXIT_OK
@@ -408,15 +427,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notify", metavar="TITLE", help="send the new alerts as one digest under this title (a run id) "
                                                      "to the channels configured in the environment (see README)")
     p.add_argument("--full", action="store_true",
-                   help="test every night of every series again, not only the nights not tested yet "
-                        "(the same alerts; none is raised twice)")
+                   help="test every night of every series again, not only the nights not tested yet, and check "
+                        "the kernels of every stored night, not only the last 14 days' (the same alerts; "
+                        "none is raised twice)")
     p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("alerts", help="list alerts, or acknowledge, resolve or mute one; or list the alert "
                                       "digests' deliveries (outbox)")
     p.add_argument("action", choices=["list", "ack", "resolve", "mute", "deliveries"])
     p.add_argument("id", nargs="?", type=int)
-    p.add_argument("--state", choices=["open", "acknowledged", "resolved", "muted"], help="with list: only this state")
+    p.add_argument("--state", choices=[s.value for s in AlertState], help="with list: only this state")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="with list: a table or JSON")
     p.add_argument("--note", help="with ack, resolve or mute: why")
     p.set_defaults(func=cmd_alerts)
 

@@ -24,7 +24,6 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Collection, Iterable, Sequence
 
@@ -32,15 +31,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from moecomm_tasks import nightly, outbox, query
+from moecomm_tasks.domain import Confirmation
 from moecomm_tasks.matrix import Job, Matrix
 
 log = logging.getLogger(__name__)
-
-
-class Confirmation(StrEnum):
-    CANDIDATE = "candidate"
-    CONFIRMED = "confirmed"
-    UNCONFIRMED = "unconfirmed"
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,12 @@ import argparse
 import importlib.util
 import os
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from moecomm_tasks import parse, query, store
+from moecomm_tasks.domain import Confirmation, Direction
 from moecomm_tasks.embedded import moecomm_home
 from moecomm_tasks.errors import ConfigError, MoecommError
 from moecomm_tasks.samples import sample_runs
@@ -194,19 +196,21 @@ def regression(args: argparse.Namespace) -> int:
     regression_nights(engine, moecomm_home() / "regression-demo",
                       progress=(lambda i, n: err_console.print(f"  night {i}/{n}", end="\r"))
                       if err_console.is_terminal else None)
-    raised = [a for a in alerts.run_detection(engine, confirm=True) if a["last_good_run_id"].startswith("regression-demo-")]
+    raised = [a for a in alerts.run_detection(engine, confirm=True) if a.last_good_run_id.startswith("regression-demo-")]
     # Before anyone is paged, the candidates' job runs again (the slowdown is still there).
     err_console.print(f"{len(raised)} candidate alert(s): running their job again to confirm them ...")
     run_id = f"regression-demo-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
     decisions = {d.alert_id: d for d in confirm.run_all(engine, regression_matrix(REGRESSION_PASSES), run_id,
                                                           datetime.now(timezone.utc),
                                                           artifacts_in=moecomm_home() / "regression-demo",
-                                                          only={a["alert_id"] for a in raised})}
+                                                          only={a.alert_id for a in raised})}
+    shown = []
     for alert in raised:
-        if alert["alert_id"] in decisions:
-            alert.update(confirmation=decisions[alert["alert_id"]].confirmation.value,
-                         confirmation_note=decisions[alert["alert_id"]].note)
-    console.print(json.dumps(raised, indent=2, default=str), markup=False, highlight=False)
+        if alert.alert_id in decisions:
+            decision = decisions[alert.alert_id]
+            alert = replace(alert, confirmation=decision.confirmation, confirm_note=decision.note)
+        shown.append(alert)
+    console.print(json.dumps([a.as_json() for a in shown], indent=2, default=str), markup=False, highlight=False)
     console.print(f"\n{len(raised)} alert(s) from real measurements; {time.monotonic() - started:.0f} s", markup=False)
-    return 0 if any(a["op"] == "combine" and a["direction"] == "regression" and a.get("confirmation") == "confirmed"
-                    for a in raised) else 1
+    return 0 if any(a.op == "combine" and a.direction is Direction.REGRESSION
+                    and a.confirmation is Confirmation.CONFIRMED for a in shown) else 1

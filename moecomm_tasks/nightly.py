@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 
 from moecomm_tasks import launch, parse, provenance, store
 from moecomm_tasks.bench.args import build_parser, resolve
+from moecomm_tasks.domain import JobState
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.matrix import Job, Matrix
 from moecomm_tasks.names import safe_name
@@ -80,13 +81,14 @@ def expected_header(program: list[str], job: Job) -> RunHeader:
 @dataclass(frozen=True)
 class JobOutcome:
     job: str
-    state: str
+    state: JobState
     measurements: int
     error: str | None
     artifacts: str
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """JSON-ready (XCom): the state as its string."""
+        return {**self.__dict__, "state": self.state.value}
 
 
 def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: Engine,
@@ -117,7 +119,7 @@ def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: 
     measured = sum(j.measured for j in parsed.jobs)
     state = None
     if error:
-        state = "partial" if measured else "failed"
+        state = JobState.PARTIAL if measured else JobState.FAILED
     script = ((job.build.script if job.build else None) or matrix.benchmark.script
               if matrix.benchmark.kind == "upstream" else None)
     host = provenance.host_provenance(Path(script) if script else None)
@@ -134,9 +136,10 @@ def run_job(matrix: Matrix, job: Job, *, run_id: str, run_at: datetime, engine: 
                                                  omitted=parsed.omitted),
                             run_id, run_at, provenance=merged, state=state, error=error)
         states += [j.state for j in loaded.jobs]
-    final = "failed" if "failed" in states else "partial" if "partial" in states else "succeeded"
+    final = (JobState.FAILED if JobState.FAILED in states else JobState.PARTIAL if JobState.PARTIAL in states
+             else JobState.SUCCEEDED)
     outcome = JobOutcome(job.name, final, measured, error, str(artifacts))
-    if error or final == "failed":
+    if error or final is JobState.FAILED:
         raise BenchmarkFailed(f"{job.name}: {error or 'nothing was measured'} (outputs in {artifacts})")
     return outcome
 
@@ -145,15 +148,19 @@ def analyze(engine: Engine, run_id: str, matrix: Matrix) -> dict[str, Any]:
     """The `analyze` task: first send the alert digests earlier runs could not deliver, then detect.
     The new alerts are candidates that `confirm` judges after their jobs ran again; with
     confirmation off (`matrix.confirmation.max_jobs = 0`) they are queued at once on every
-    configured channel (one digest titled with the run id) and sent. A channel that fails is
-    recorded in the outbox and tried again by the next run (or `moecomm detect --notify`)."""
+    configured channel (one digest titled with the run id) and sent. Kernels alerts are queued at
+    once either way (they need no confirmation) and, with confirmation on, sent by `confirm` in
+    the same digest. A channel that fails is recorded in the outbox and tried again by the next
+    run (or `moecomm detect --notify`)."""
     from moecomm_tasks import alerts, notify, outbox
 
     earlier = outbox.deliver_due(engine)
-    new_alerts = alerts.run_detection(engine, deliver_to=list(notify.channels()), digest=run_id,
-                                      confirm=matrix.confirmation.max_jobs > 0)
-    notified = {**earlier, **outbox.deliver_due(engine)}
-    return {**run_summary(engine, run_id), "new_alerts": new_alerts, "notified": notified}
+    confirming = matrix.confirmation.max_jobs > 0
+    new_alerts = alerts.run_detection(engine, deliver_to=list(notify.channels()), digest=run_id, confirm=confirming)
+    # With confirmation on, what detection queued (kernels alerts: exact, so confirmed at once)
+    # goes out with the alerts `confirm` confirms, as the night's one digest.
+    notified = earlier if confirming else {**earlier, **outbox.deliver_due(engine)}
+    return {**run_summary(engine, run_id), "new_alerts": [a.as_json() for a in new_alerts], "notified": notified}
 
 
 def confirm(engine: Engine, run_id: str, matrix: Matrix) -> dict[str, Any]:
@@ -177,7 +184,7 @@ def run_summary(engine: Engine, run_id: str) -> dict[str, Any]:
     for row in rows:
         states[row.state] = states.get(row.state, 0) + 1
     return {"run_id": run_id, "jobs": len(rows), "states": states,
-            "failed": [{"job": r.job_key, "error": r.error} for r in rows if r.state != "succeeded"]}
+            "failed": [{"job": r.job_key, "error": r.error} for r in rows if r.state != JobState.SUCCEEDED]}
 
 
 def night_table(engine: Engine, run_id: str) -> list[sa.Row]:
@@ -217,7 +224,7 @@ def verdict(engine: Engine, run_id: str, planned: list[list[dict[str, Any]]]) ->
         state = states.get((job["backend"], job["profile"], job["ep_size"]))
         if state is None:
             missing.append(Job(**job).name)
-        elif state != "succeeded":
+        elif state != JobState.SUCCEEDED:
             failed.append(f"{Job(**job).name} ({state})")
     if missing or failed:
         raise BenchmarkFailed(f"run {run_id}: {len(failed)} jobs did not succeed: {failed}; "

@@ -12,8 +12,10 @@ generic JSON webhook. Each channel is optional and configured from the environme
 A group is the set of new alerts that share their run range (last good run, first bad run): the
 same night broke them, so they probably share a cause, shown with the provenance that changed.
 Every alert carries the SQL that shows its series, composed with psycopg2's quoting
-(`query.shown_sql`). Names come from benchmark output, so the Slack message escapes them (no
-mention, link or formatting can be smuggled in). Delivery, retried until it succeeds, is the
+(`query.shown_sql`); a kernels alert carries the SQL that shows the two nights' kernels and the
+difference (kernels added and removed, launch counts before and after). Names come from
+benchmark output, so the Slack message escapes them (no mention, link or formatting can be
+smuggled in). Delivery, retried until it succeeds, is the
 outbox's (`moecomm_tasks.outbox`); this module builds digests and sends one on one channel.
 """
 
@@ -26,12 +28,15 @@ import smtplib
 import time
 import urllib.request
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any, Callable, Mapping
 
 from psycopg2 import sql
 
+from moecomm_tasks import kernel_checks
+from moecomm_tasks.domain import Alert, AlertKind, Channel, Direction
 from moecomm_tasks.query import series_condition
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,18 @@ def series_sql(alert: Mapping[str, Any]) -> sql.Composed:
     """The query that shows an alert's series around its change (public view `nightly_series`)."""
     return sql.SQL("SELECT run_id, run_at, excluded, slowest_rank_us, median_us, within_night_stdev_us "
                    "FROM nightly_series WHERE {} ORDER BY run_at;").format(series_condition(alert))
+
+
+def kernels_sql(alert: Alert) -> sql.Composed:
+    """The query that shows a kernels alert's two nights' kernels (public view `kernel_flat`)."""
+    where = [sql.SQL("run_id IN ({}, {})").format(sql.Literal(alert.last_good_run_id),
+                                                  sql.Literal(alert.first_bad_run_id))]
+    for key in ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "gpu_model"):
+        template = "COALESCE({}, '') = {}" if key in ("quant_algo", "gpu_model") else "{} = {}"
+        where.append(sql.SQL(template).format(sql.SQL(key), sql.Literal(getattr(alert, key))))  # our own columns
+    return sql.SQL("SELECT run_id, phase, kernel, max(count) AS count FROM kernel_flat WHERE {} "
+                   "GROUP BY run_id, phase, kernel ORDER BY phase, kernel, run_id;").format(
+                       sql.SQL(" AND ").join(where))
 
 
 @dataclass(frozen=True)
@@ -55,36 +72,51 @@ class Digest:
 
     def title(self) -> str:
         n = sum(len(g["alerts"]) for g in self.groups)
-        regressions = sum(a["direction"] == "regression" for g in self.groups for a in g["alerts"])
+        regressions = sum(a["direction"] == Direction.REGRESSION for g in self.groups for a in g["alerts"])
+        kernels = sum(a.get("kind") == AlertKind.KERNELS for g in self.groups for a in g["alerts"])
         return (f"moecomm {self.run_id}: {n} new alert(s), {regressions} regression(s), "
-                f"{len(self.groups)} probable cause(s)")
+                + (f"{kernels} kernel change(s), " if kernels else "") + f"{len(self.groups)} probable cause(s)")
 
 
-def build_digest(run_id: str, alerts: list[dict[str, Any]], shown: Callable[[sql.Composable], str]) -> Digest:
-    """Group new alerts (as `alerts.run_detection` returns them) by their run range; `shown`
-    writes each alert's SQL out (`query.shown_sql`)."""
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+def _entry(a: Alert, shown: Callable[[sql.Composable], str]) -> dict[str, Any]:
+    """One alert as the digest carries it (the webhook's JSON)."""
+    entry = {k: getattr(a, k) for k in ("alert_id", "backend", "profile", "ep_size", "quant_algo",
+                                        "local_batch_size", "op", "gpu_model")}
+    entry["direction"] = a.direction.value
+    if a.kind is AlertKind.KERNELS:
+        return {**entry, "kind": a.kind.value, "kernel_diff": a.kernel_diff,
+                "difference": kernel_checks.summary(a.kernel_diff or {}), "sql": shown(kernels_sql(a))}
+    return {**entry, "change_pct": round(float(a.change_pct), 2), "confidence": round(float(a.confidence), 4),
+            "baseline_us": round(float(a.baseline_us), 3), "after_us": round(float(a.after_us), 3),
+            "sql": shown(series_sql(a.series))}
+
+
+def build_digest(run_id: str, alerts: Sequence[Alert], shown: Callable[[sql.Composable], str]) -> Digest:
+    """Group new alerts by their run range; `shown` writes each alert's SQL out
+    (`query.shown_sql`). Within a group: regressions first, the largest first, kernel changes last."""
+    grouped: dict[tuple[str, str], list[Alert]] = defaultdict(list)
     for alert in alerts:
-        grouped[(alert["last_good_run_id"], alert["first_bad_run_id"])].append(alert)
+        grouped[(alert.last_good_run_id, alert.first_bad_run_id)].append(alert)
     groups = []
     for (good, bad), members in sorted(grouped.items(), key=lambda item: (-len(item[1]), item[0])):
-        members = sorted(members, key=lambda a: (a["direction"] != "regression", -abs(a["change_pct"])))
+        members = sorted(members, key=lambda a: (a.kind is AlertKind.KERNELS, a.direction is not Direction.REGRESSION,
+                                                 -abs(a.change_pct or 0.0)))
         diff: dict[str, Any] = {}
         for a in members:
-            diff.update(a.get("provenance_diff") or {})
-        groups.append({
-            "last_good_run_id": good, "first_bad_run_id": bad, "provenance_diff": diff,
-            "alerts": [{**{k: a[k] for k in ("alert_id", "backend", "profile", "ep_size", "quant_algo",
-                                             "local_batch_size", "op", "gpu_model", "direction")},
-                        "change_pct": round(float(a["change_pct"]), 2),
-                        "confidence": round(float(a["confidence"]), 4),
-                        "baseline_us": round(float(a["baseline_us"]), 3), "after_us": round(float(a["after_us"]), 3),
-                        "sql": shown(series_sql(a))} for a in members],
-        })
+            diff.update(a.provenance_diff or {})
+        groups.append({"last_good_run_id": good, "first_bad_run_id": bad, "provenance_diff": diff,
+                       "alerts": [_entry(a, shown) for a in members]})
     return Digest(run_id, groups)
 
 
+def _where(a: dict[str, Any]) -> str:
+    return (f"{a['backend']} {a['profile']} EP{a['ep_size']} {a['local_batch_size']} tokens"
+            + (f" on {a['gpu_model']}" if a["gpu_model"] else ""))
+
+
 def _line(a: dict[str, Any]) -> str:
+    if a.get("kind") == AlertKind.KERNELS:
+        return f"kernels changed: {_where(a)}: " + "; ".join(a["difference"])
     return (f"{a['direction']} {a['change_pct']:+.2f}% ({a['baseline_us']:.1f} -> {a['after_us']:.1f} us, "
             f"confidence {a['confidence']:.4f}): {a['backend']} {a['profile']} EP{a['ep_size']} "
             f"{a['local_batch_size']} tokens {a['op']}" + (f" on {a['gpu_model']}" if a["gpu_model"] else ""))
@@ -102,7 +134,12 @@ def render_text(digest: Digest) -> str:
     for group in digest.groups:
         out.append(_cause(group))
         for a in group["alerts"]:
-            out += [f"  - #{a['alert_id']} {_line(a)}", f"    {a['sql']}"]
+            if a.get("kind") == AlertKind.KERNELS:
+                out += [f"  - #{a['alert_id']} kernels changed: {_where(a)}"]
+                out += [f"      {line}" for line in a["difference"]]
+            else:
+                out.append(f"  - #{a['alert_id']} {_line(a)}")
+            out.append(f"    {a['sql']}")
         out.append("")
     out.append("Manage: moecomm alerts list | ack ID | resolve ID | mute ID")
     return "\n".join(out) + "\n"
@@ -175,17 +212,17 @@ def send_webhook(digest: Digest, url: str) -> None:
     post_json(url, render_webhook(digest))
 
 
-def channels(env: Mapping[str, str] | None = None) -> dict[str, Callable[[Digest], None]]:
+def channels(env: Mapping[str, str] | None = None) -> dict[Channel, Callable[[Digest], None]]:
     """The channels configured in `env` (default: the environment), each a function that sends
     a digest and raises when that fails."""
     env = dict(os.environ if env is None else env)
-    configured: dict[str, Callable[[Digest], None]] = {}
+    configured: dict[Channel, Callable[[Digest], None]] = {}
     if env.get("MOECOMM_SLACK_CONN_ID"):
-        configured["slack"] = lambda digest: send_slack(digest, env["MOECOMM_SLACK_CONN_ID"])
+        configured[Channel.SLACK] = lambda digest: send_slack(digest, env["MOECOMM_SLACK_CONN_ID"])
     if env.get("MOECOMM_SMTP_HOST") and env.get("MOECOMM_ALERT_EMAIL_TO"):
-        configured["email"] = lambda digest: send_email(digest, env)
+        configured[Channel.EMAIL] = lambda digest: send_email(digest, env)
     if env.get("MOECOMM_ALERT_WEBHOOK_URL"):
-        configured["webhook"] = lambda digest: send_webhook(digest, env["MOECOMM_ALERT_WEBHOOK_URL"])
+        configured[Channel.WEBHOOK] = lambda digest: send_webhook(digest, env["MOECOMM_ALERT_WEBHOOK_URL"])
     return configured
 
 
@@ -199,7 +236,7 @@ class FollowUp:
     payload: dict[str, Any]
 
 
-def send_followup(message: FollowUp, env: dict[str, str] | None = None) -> dict[str, str]:
+def send_followup(message: FollowUp, env: dict[str, str] | None = None) -> dict[Channel, str]:
     """Send a follow-up on every channel configured for the digest; returns channel -> "sent" or
     the error (one channel failing does not stop the others)."""
     env = dict(os.environ if env is None else env)
@@ -214,11 +251,11 @@ def send_followup(message: FollowUp, env: dict[str, str] | None = None) -> dict[
                 {"type": "header", "text": {"type": "plain_text", "text": message.title[:150]}},
                 {"type": "section", "text": {"type": "mrkdwn", "text": f"```{body[:2900]}```"}}],
                 timeout=TIMEOUT_S).notify({})
-        channels["slack"] = slack
+        channels[Channel.SLACK] = slack
     if env.get("MOECOMM_SMTP_HOST") and env.get("MOECOMM_ALERT_EMAIL_TO"):
-        channels["email"] = lambda: _send_mail(message.title, message.text, env)
+        channels[Channel.EMAIL] = lambda: _send_mail(message.title, message.text, env)
     if env.get("MOECOMM_ALERT_WEBHOOK_URL"):
-        channels["webhook"] = lambda: post_json(env["MOECOMM_ALERT_WEBHOOK_URL"], message.payload)
+        channels[Channel.WEBHOOK] = lambda: post_json(env["MOECOMM_ALERT_WEBHOOK_URL"], message.payload)
     outcome = {}
     for name, send in channels.items():
         try:

@@ -24,12 +24,12 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from moecomm_tasks import notify
+from moecomm_tasks.domain import Alert, Channel, DeliveryState
 from moecomm_tasks.errors import ConfigError
 from moecomm_tasks.query import shown_sql
 
@@ -37,9 +37,10 @@ log = logging.getLogger(__name__)
 
 RETRY_CAP_S = 6 * 3600
 LISTED = 200
-ALERT_COLUMNS = """alert_pk AS alert_id, backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model,
+ALERT_COLUMNS = """alert_pk AS alert_id, kind, backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model,
+                   cuda_graph, pdl, perfect_router, payload_in_workspace, low_precision_combine, timing_method,
                    direction, change_pct, confidence, baseline_us, after_us, last_good_run_id, first_bad_run_id,
-                   provenance_diff"""
+                   provenance_diff, kernel_diff, confirmation, state"""
 
 
 def _setting(env: Mapping[str, str], name: str, default: int) -> int:
@@ -53,10 +54,10 @@ def _setting(env: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
-def enqueue(conn: sa.Connection, alert_ids: Iterable[int], channels: Iterable[str], digest: str) -> int:
+def enqueue(conn: sa.Connection, alert_ids: Iterable[int], channels: Iterable[Channel | str], digest: str) -> int:
     """Queue each alert on each channel under the digest title `digest`, in the caller's
     transaction; returns the number of rows queued (an alert already queued on a channel is not)."""
-    rows = [{"alert": a, "channel": c, "digest": digest} for a in alert_ids for c in channels]
+    rows = [{"alert": a, "channel": Channel(c).value, "digest": digest} for a in alert_ids for c in channels]
     if not rows:
         return 0
     return conn.execute(sa.text("""
@@ -81,11 +82,11 @@ def _claim(engine: Engine, now: datetime | None, retry_s: int, max_attempts: int
             {"now": now, "max": max_attempts, "retry": retry_s, "cap": RETRY_CAP_S}).all()
 
 
-def _alerts(engine: Engine, alert_ids: list[int]) -> dict[int, dict[str, Any]]:
+def _alerts(engine: Engine, alert_ids: list[int]) -> dict[int, Alert]:
     with engine.connect() as conn:
         rows = conn.execute(sa.text(f"SELECT {ALERT_COLUMNS} FROM alert WHERE alert_pk = ANY(:ids)"),
                             {"ids": alert_ids}).all()
-    return {row.alert_id: dict(row._mapping) for row in rows}
+    return {row.alert_id: Alert.from_row(row._mapping) for row in rows}
 
 
 def _record(engine: Engine, deliveries: list[int], now: datetime | None, error: str | None) -> None:
@@ -116,7 +117,8 @@ def deliver_due(engine: Engine, env: Mapping[str, str] | None = None, now: datet
         batches[(row.channel, row.digest)].append(row)
     outcome = {}
     with shown_sql(engine) as shown:
-        for (channel, digest_title), rows in sorted(batches.items()):
+        for (channel_name, digest_title), rows in sorted(batches.items()):
+            channel = Channel(channel_name)
             members = [alerts[row.alert_pk] for row in rows if row.alert_pk in alerts]
             attempt = max(row.attempts for row in rows)
             error = None
@@ -142,9 +144,10 @@ def deliveries(engine: Engine, env: Mapping[str, str] | None = None) -> list[sa.
     with engine.connect() as conn:
         return list(conn.execute(sa.text("""
             SELECT delivery_pk AS id, alert_pk AS alert, channel, digest,
-                   CASE WHEN delivered_at IS NOT NULL THEN 'delivered'
-                        WHEN attempts >= :max THEN 'given up' ELSE 'pending' END AS state,
+                   CASE WHEN delivered_at IS NOT NULL THEN :delivered
+                        WHEN attempts >= :max THEN :given_up ELSE :pending END AS state,
                    attempts, CASE WHEN delivered_at IS NULL AND attempts < :max THEN next_attempt_at END AS next_attempt,
                    delivered_at, last_error
             FROM alert_delivery ORDER BY created_at DESC, delivery_pk DESC LIMIT :n"""),
-            {"max": max_attempts, "n": LISTED}))
+            {"max": max_attempts, "n": LISTED, "delivered": DeliveryState.DELIVERED.value,
+             "given_up": DeliveryState.GIVEN_UP.value, "pending": DeliveryState.PENDING.value}))

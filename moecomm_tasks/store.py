@@ -33,6 +33,7 @@ from sqlalchemy.exc import DBAPIError
 
 from moecomm_tasks import knobs, limits
 from moecomm_tasks.dbguard import describe
+from moecomm_tasks.domain import JobState
 from moecomm_tasks.errors import DatabaseError, LoadError
 from moecomm_tasks.records import Dropped, ParsedJob, ParsedOutput, RunHeader, Timing, WorkerFailure
 
@@ -60,7 +61,7 @@ KERNEL_COLUMNS = (
 class JobOutcome:
     job_key: str
     status: str  # "loaded", "replaced" or "unchanged"
-    state: str
+    state: JobState
     measurements: int
     kernels: int
     skips: int
@@ -78,10 +79,10 @@ class LoadResult:
         return sum(j.measurements for j in self.jobs)
 
 
-def _state(job: ParsedJob, dropped: Sequence[Dropped], failures: Sequence[WorkerFailure], omitted: int) -> str:
+def _state(job: ParsedJob, dropped: Sequence[Dropped], failures: Sequence[WorkerFailure], omitted: int) -> JobState:
     if not dropped and not failures and not omitted:
-        return "succeeded"
-    return "partial" if job.timings else "failed"
+        return JobState.SUCCEEDED
+    return JobState.PARTIAL if job.timings else JobState.FAILED
 
 
 def _csv_lines(rows: Iterable[Sequence[Any]]) -> list[str]:
@@ -189,7 +190,7 @@ class _PreparedJob:
 
     job: ParsedJob
     key: str
-    state: str
+    state: JobState
     error: str | None
     sha: str
     measurement_rows: list[bytes]
@@ -205,10 +206,10 @@ class _PreparedJob:
 
 
 def _prepare(job: ParsedJob, dropped: Sequence[Dropped], failures: Sequence[WorkerFailure],
-             provenance: Mapping[str, Any], state: str | None, error: str | None, omitted: int) -> _PreparedJob:
+             provenance: Mapping[str, Any], state: JobState | None, error: str | None, omitted: int) -> _PreparedJob:
     header = job.header
     assert header is not None
-    state = state or _state(job, dropped, failures, omitted)
+    state = JobState(state) if state else _state(job, dropped, failures, omitted)
     measurement_rows = _measurement_rows(job.timings, provenance)
     kernel_lines = _csv_lines(
         (k.backend, k.local_batch_size, k.phase, k.kernel, k.rank, k.count, k.stats.mean_us,
@@ -246,7 +247,7 @@ def _header_dict(header: RunHeader) -> dict[str, Any]:
 def _job_row(run_pk: int, prepared: _PreparedJob) -> tuple:
     header = prepared.job.header
     return (run_pk, prepared.key, header.profile, header.ep_size, header.quant_algo, header.hidden_size,
-            header.top_k, header.num_experts, header.dtype, header.backend, prepared.state, prepared.error,
+            header.top_k, header.num_experts, header.dtype, header.backend, prepared.state.value, prepared.error,
             prepared.header_json, prepared.sha, prepared.job.warning, prepared.omitted)
 
 
@@ -315,7 +316,7 @@ def load(
     run_id: str,
     run_at: datetime | None = None,
     provenance: Mapping[str, Any] | None = None,
-    state: str | None = None,
+    state: JobState | None = None,
     error: str | None = None,
 ) -> LoadResult:
     """Load every job of `parsed` under `run_id`, in one transaction.

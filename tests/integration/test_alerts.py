@@ -11,6 +11,8 @@ import sqlalchemy as sa
 
 from moecomm_tasks import alerts, store
 from moecomm_tasks.cli import main
+from moecomm_tasks.domain import AlertState
+from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.records import ParsedJob, ParsedOutput, RunHeader, Stats, Timing
 
 pytestmark = pytest.mark.integration
@@ -45,6 +47,7 @@ def test_detect_raises_each_change_once(history, database_url, monkeypatch, caps
     raised = json.loads(capsys.readouterr().out)
     # How often the detector raises false alarms is the evaluation harness's business, not this test's.
     (alert,) = [a for a in raised if a["op"] == "combine"]
+    assert alert["kind"] == "level" and alert["confirmation"] == "candidate" and alert["kernel_diff"] is None
     assert {k: alert[k] for k in ("backend", "profile", "ep_size", "local_batch_size", "op", "direction")} == {
         "backend": "TORCH_ALLTOALL", "profile": "deepseek_v3", "ep_size": 2, "local_batch_size": 1024,
         "op": "combine", "direction": "regression"}
@@ -62,23 +65,29 @@ def test_excluded_runs_are_skipped(history, database_url, monkeypatch):
     assert main(["runs", "exclude", "night-99", "--reason", "x"]) == 3
     with history.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM run WHERE excluded AND excluded_reason = 'bad node'")).scalar() == 4
-    assert [a for a in alerts.run_detection(history) if a["op"] == "combine"] == []
+    assert [a for a in alerts.run_detection(history) if a.op == "combine"] == []
     assert main(["runs", "include", "night-25"]) == 0
     assert main(["runs", "include", "night-26"]) == 0
     assert main(["runs", "include", "night-27"]) == 0
     # Three nights back: the change is found, from the first night that is not quarantined.
-    (alert,) = [a for a in alerts.run_detection(history) if a["op"] == "combine"]
-    assert alert["first_bad_run_id"] == "night-25"
+    (alert,) = [a for a in alerts.run_detection(history) if a.op == "combine"]
+    assert alert.first_bad_run_id == "night-25"
 
 
 def test_lifecycle(history, database_url, monkeypatch, capsys):
     monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)
-    (alert,) = [a for a in alerts.run_detection(history) if a["op"] == "combine"]
-    assert main(["alerts", "ack", str(alert["alert_id"]), "--note", "looking"]) == 0
+    (alert,) = [a for a in alerts.run_detection(history) if a.op == "combine"]
+    assert main(["alerts", "ack", str(alert.alert_id), "--note", "looking"]) == 0
     assert main(["alerts", "list", "--state", "acknowledged"]) == 0
     assert "looking" in capsys.readouterr().out
-    for action, state in (("resolve", "resolved"), ("mute", "muted")):
-        assert main(["alerts", action, str(alert["alert_id"])]) == 0
-        assert [r.state for r in alerts.list_alerts(history) if r.id == alert["alert_id"]] == [state]
+    for action, state in (("resolve", AlertState.RESOLVED), ("mute", AlertState.MUTED)):
+        assert main(["alerts", action, str(alert.alert_id)]) == 0
+        assert [a.state for a in alerts.list_alerts(history) if a.alert_id == alert.alert_id] == [state]
+    capsys.readouterr()
+    assert main(["alerts", "list", "--state", "muted", "--format", "json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out)
+    assert (listed["alert_id"], listed["state"], listed["kind"]) == (alert.alert_id, "muted", "level")
+    with pytest.raises(MoecommError, match="unknown state 'closed'"):
+        alerts.set_state(history, alert.alert_id, "closed")
     assert main(["alerts", "ack", "999999"]) == 3
     assert alerts.run_detection(history) == []  # still never raised twice

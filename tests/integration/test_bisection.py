@@ -140,7 +140,7 @@ def test_eight_builds_the_fifth_slower_names_the_fifth_within_four_probes(engine
         alerts.set_excluded(engine, runs[0].run_id, None)
 
     # The verdict is shown with the alert and sent as a follow-up to its digest.
-    listed = {row.id: row for row in alerts.list_alerts(engine)}[alert_id]
+    listed = {a.alert_id: a for a in alerts.list_alerts(engine)}[alert_id]
     assert bisection_report.short(listed.bisection_state, listed.first_bad_build, listed.commit_range) == \
         "culprit b5 (c04..c05)"
     sent = bisection_report.follow_up(engine, alert_id, "test", env={"MOECOMM_ALERT_WEBHOOK_URL": url})

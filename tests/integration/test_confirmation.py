@@ -26,18 +26,18 @@ def test_a_lasting_slowdown_is_confirmed_and_a_one_off_is_not(engine, tmp_path, 
     raised = alerts.run_detection(engine, deliver_to=["webhook"], digest="night", confirm=True)
     # Caught where it starts.
     first_bad = run_ids[demo.REGRESSION_NIGHTS]
-    slower = [a for a in raised if a["op"] == "combine" and a["direction"] == "regression"]
-    assert [(a["last_good_run_id"], a["first_bad_run_id"]) for a in slower] == [
+    slower = [a for a in raised if a.op == "combine" and a.direction == "regression"]
+    assert [(a.last_good_run_id, a.first_bad_run_id) for a in slower] == [
         (run_ids[demo.REGRESSION_NIGHTS - 1], first_bad)]
-    assert slower[0]["change_pct"] > 10.0 and slower[0]["confidence"] > 0.99
+    assert slower[0].change_pct > 10.0 and slower[0].confidence > 0.99
     # The knob adds work to combine only, but under gloo a rank still busy with it delays its peer's
     # next dispatch, so dispatch may move too: never as much as combine.
-    dispatch = [a["change_pct"] for a in raised if a["op"] == "dispatch" and a["first_bad_run_id"] == first_bad]
-    assert all(change < slower[0]["change_pct"] for change in dispatch)
+    dispatch = [a.change_pct for a in raised if a.op == "dispatch" and a.first_bad_run_id == first_bad]
+    assert all(change < slower[0].change_pct for change in dispatch)
     assert alerts.run_detection(engine, confirm=True) == []  # never raised twice
     assert (tmp_path / first_bad / "TORCH_ALLTOALL-gpt_oss-ep2" / "stdout.txt").exists()  # outputs kept
-    combine = [a["alert_id"] for a in slower]
-    assert {a["confirmation"] for a in raised} == {"candidate"}
+    combine = [a.alert_id for a in slower]
+    assert {a.confirmation for a in raised} == {"candidate"}
     assert outbox.deliver_due(engine) == {} and received == []  # nothing is sent before confirmation
 
     # The slowdown is gone when the job runs again: a one-off, not confirmed, sent to nobody.
@@ -68,7 +68,7 @@ def test_a_lasting_slowdown_is_confirmed_and_a_one_off_is_not(engine, tmp_path, 
 def test_the_budget_and_jobs_outside_the_matrix(engine, weeks_of_nights):
     """Synthetic nights (no re-run needed): which jobs the plan re-runs, within the budget."""
     raised = alerts.run_detection(engine, confirm=True)
-    assert raised and all(a["confirmation"] == "candidate" for a in raised)
+    assert raised and all(a.confirmation == "candidate" for a in raised)
     from moecomm_tasks.matrix import parse_matrix
 
     base = {"backends": ["TORCH_ALLTOALL", "TORCH_ALLGATHER"], "profiles": ["deepseek_v3", "gpt_oss"], "ep_sizes": [2]}
@@ -76,7 +76,7 @@ def test_the_budget_and_jobs_outside_the_matrix(engine, weeks_of_nights):
     assert len(plan.rechecks) == 1 and plan.orphans == ()
     assert (plan.rechecks[0].job.backend, plan.rechecks[0].job.profile) == ("TORCH_ALLTOALL", "deepseek_v3")
     elsewhere = confirm.plan(engine, parse_matrix({**base, "backends": ["TORCH_ALLGATHER"]}))
-    assert elsewhere.rechecks == () and set(elsewhere.orphans) == {a["alert_id"] for a in raised}
+    assert elsewhere.rechecks == () and set(elsewhere.orphans) == {a.alert_id for a in raised}
     decisions = confirm.decide(engine, parse_matrix({**base, "backends": ["TORCH_ALLGATHER"]}), "night-27")
     assert {d.confirmation for d in decisions} == {Confirmation.UNCONFIRMED}
     assert all("not in the matrix" in d.note for d in decisions)

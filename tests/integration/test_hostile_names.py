@@ -14,6 +14,8 @@ from sqlalchemy.engine import make_url
 
 from moecomm_tasks import notify, otava, query, store
 from moecomm_tasks.cli import main
+from moecomm_tasks.domain import Alert, AlertKind, Direction
+from moecomm_tasks.knobs import KNOB_FIELDS
 from moecomm_tasks.records import ParsedJob, ParsedOutput, RunHeader, Stats, Timing
 
 pytestmark = pytest.mark.integration
@@ -44,10 +46,13 @@ def session(database_url: str, standard_conforming_strings: str):
 
 
 def test_the_digest_sql_is_safe_and_right_whatever_the_session(engine, database_url, hostile_history):
-    alert = {"alert_id": 1, "backend": INJECTION, "profile": "gpt_oss", "ep_size": 2, "quant_algo": "W4A8_MXFP4_MXFP8",
-             "local_batch_size": 128, "op": "combine", "gpu_model": "GPU 'x\\", "direction": "regression",
-             "change_pct": 5.0, "confidence": 0.99, "baseline_us": 10.0, "after_us": 10.5,
-             "last_good_run_id": "night-0", "first_bad_run_id": "night-1", "provenance_diff": {}}
+    with engine.connect() as conn:  # the knobs as stored
+        knobs = conn.execute(sa.text(f"SELECT DISTINCT {', '.join(KNOB_FIELDS)} FROM nightly_series "
+                                     "WHERE backend = :b"), {"b": INJECTION}).one()._mapping
+    alert = Alert(alert_id=1, kind=AlertKind.LEVEL, backend=INJECTION, profile="gpt_oss", ep_size=2,
+                  quant_algo="W4A8_MXFP4_MXFP8", local_batch_size=128, op="combine", gpu_model="GPU 'x\\", **knobs,
+                  direction=Direction.REGRESSION, change_pct=5.0, confidence=0.99, baseline_us=10.0, after_us=10.5,
+                  last_good_run_id="night-0", first_bad_run_id="night-1")
     with query.shown_sql(engine) as shown:
         digest = notify.build_digest("night-2", [alert], shown)
     shown_text = digest.groups[0]["alerts"][0]["sql"]

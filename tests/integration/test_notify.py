@@ -11,24 +11,40 @@ import email.policy
 import json
 import os
 import socket
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from aiosmtpd.controller import Controller
 
 from moecomm_tasks import notify, query
+from moecomm_tasks.domain import Alert, AlertKind, Direction
 
 GOLDEN = Path(__file__).parents[1] / "data" / "golden"
 
 
 def _alert(alert_id, size, op, change, good="nightly-2026-11-20", bad="nightly-2026-11-21", diff=None):
-    return {
-        "alert_id": alert_id, "backend": "TORCH_ALLTOALL", "profile": "deepseek_v3", "ep_size": 8,
-        "quant_algo": "FP8_BLOCK_SCALES", "local_batch_size": size, "op": op, "gpu_model": "NVIDIA H100 80GB HBM3",
-        "direction": "regression" if change > 0 else "improvement", "change_pct": change, "confidence": 0.99991234,
-        "baseline_us": 100.0, "after_us": 100.0 * (1 + change / 100), "last_good_run_id": good,
-        "first_bad_run_id": bad, "provenance_diff": diff or {},
-    }
+    return Alert(
+        alert_id=alert_id, kind=AlertKind.LEVEL, backend="TORCH_ALLTOALL", profile="deepseek_v3", ep_size=8,
+        quant_algo="FP8_BLOCK_SCALES", local_batch_size=size, op=op, gpu_model="NVIDIA H100 80GB HBM3",
+        cuda_graph=False, pdl=False, perfect_router=False, payload_in_workspace=False, low_precision_combine=False,
+        timing_method="cuda_events",
+        direction=Direction.REGRESSION if change > 0 else Direction.IMPROVEMENT, change_pct=change,
+        confidence=0.99991234, baseline_us=100.0, after_us=100.0 * (1 + change / 100), last_good_run_id=good,
+        first_bad_run_id=bad, provenance_diff=diff or {},
+    )
+
+
+KERNELS_ALERT = replace(
+    _alert(10, 1024, "kernels", 0.0, good="nightly-2026-11-18", bad="nightly-2026-11-19"), kind=AlertKind.KERNELS,
+    direction=Direction.CHANGE, change_pct=None, confidence=None, baseline_us=None, after_us=None,
+    kernel_diff={"added": [{"phase": "combine", "kernel": "void moe::combine<4>(float const*)",
+                            "printed": ["_ZN3moe7combineILi4EEEvPKf"], "count": 200}],
+                 "removed": [{"phase": "combine", "kernel": "moeA2ACombineKernel", "printed": ["moeA2ACombineKernel"],
+                              "count": 200}],
+                 "count_changed": [{"phase": "dispatch", "kernel": "moeA2ADispatchKernel",
+                                    "printed_before": ["moeA2ADispatchKernel"], "printed_after": ["moeA2ADispatchKernel"],
+                                    "count_before": 200, "count_after": 400}]})
 
 
 ALERTS = [
@@ -78,16 +94,32 @@ def test_payloads_match_their_golden_files(shown):
     _golden("digest_webhook.json", json.dumps(notify.render_webhook(digest), indent=2) + "\n")
 
 
+def test_a_kernels_alert_shows_its_difference(shown):
+    digest = notify.build_digest("nightly-2026-11-21", [*ALERTS, KERNELS_ALERT], shown)
+    assert digest.title() == ("moecomm nightly-2026-11-21: 4 new alert(s), 2 regression(s), 1 kernel change(s), "
+                              "2 probable cause(s)")
+    text = notify.render_text(digest)
+    assert "  - #10 kernels changed: TORCH_ALLTOALL deepseek_v3 EP8 1024 tokens on NVIDIA H100 80GB HBM3\n" in text
+    _golden("digest_kernels.txt", text)
+    _golden("digest_kernels_slack.json", json.dumps(notify.render_slack(digest), indent=2) + "\n")
+    (entry,) = [a for g in notify.render_webhook(digest)["groups"] for a in g["alerts"] if a["alert_id"] == 10]
+    assert entry["kind"] == "kernels" and entry["kernel_diff"] == KERNELS_ALERT.kernel_diff
+    assert entry["difference"] == [
+        "+ combine void moe::combine<4>(float const*) x200 (printed as _ZN3moe7combineILi4EEEvPKf)",
+        "- combine moeA2ACombineKernel x200", "~ dispatch moeA2ADispatchKernel x200 -> x400"]
+
+
 def test_series_sql_runs_against_the_public_view(engine, shown):
     with engine.connect() as conn:  # an empty history: the query is valid and returns no rows
-        assert conn.exec_driver_sql(shown(notify.series_sql(ALERTS[0]))).all() == []
-    assert "op = 'it''s'" in shown(notify.series_sql({**ALERTS[0], "op": "it's"}))  # quoted, not injected
+        assert conn.exec_driver_sql(shown(notify.series_sql(ALERTS[0].series))).all() == []
+        assert conn.exec_driver_sql(shown(notify.kernels_sql(KERNELS_ALERT))).all() == []
+    assert "op = 'it''s'" in shown(notify.series_sql({**ALERTS[0].series, "op": "it's"}))  # quoted, not injected
 
 
 def test_slack_text_from_the_data_is_escaped(shown):
     """A name can hold Slack's control sequences: a mention, a link, an entity."""
     hostile = "<!channel> <https://evil.example|click> & <@U123>"
-    digest = notify.build_digest("nightly-<!here>", [{**ALERTS[0], "backend": hostile, "gpu_model": "<b>"}], shown)
+    digest = notify.build_digest("nightly-<!here>", [replace(ALERTS[0], backend=hostile, gpu_model="<b>")], shown)
     message = json.dumps(notify.render_slack(digest))
     for raw in ("<!channel>", "<!here>", "<https://evil.example|click>", "<@U123>", "<b>"):
         assert raw not in message

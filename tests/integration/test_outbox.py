@@ -102,7 +102,7 @@ def test_two_senders_at_once_send_each_digest_once(engine, weeks_of_nights, webh
     env = {"MOECOMM_ALERT_WEBHOOK_URL": webhook.url}
     raised = alerts.run_detection(engine, deliver_to=["webhook"], digest="night-27")
     with engine.begin() as conn:  # queued once per alert and channel, whoever asks again
-        assert outbox.enqueue(conn, [a["alert_id"] for a in raised], ["webhook"], "night-27") == 0
+        assert outbox.enqueue(conn, [a.alert_id for a in raised], ["webhook"], "night-27") == 0
     outcomes = []
     senders = [threading.Thread(target=lambda: outcomes.append(outbox.deliver_due(engine, env))) for _ in range(2)]
     for sender in senders:

@@ -37,7 +37,7 @@ def _open(page_path: Path, screenshot: Path) -> dict:
 
 def test_report_opens_in_a_browser_with_every_image(engine, weeks_of_nights, tmp_path):
     raised = alerts.run_detection(engine)
-    assert any(a["op"] == "combine" and a["local_batch_size"] == 1024 for a in raised)
+    assert any(a.op == "combine" and a.local_batch_size == 1024 for a in raised)
     last = weeks_of_nights[-1]
     index = report.write_report(engine, tmp_path / "report")
     seen = _open(index, ARTIFACTS / "report.png")

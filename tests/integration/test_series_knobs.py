@@ -84,8 +84,8 @@ def test_a_change_of_timing_method_is_a_new_series_not_an_alert(engine):
 def test_the_same_step_within_one_method_is_an_alert(engine):
     nights(engine, ["cuda_events"] * 30, level_change_at=24)
     (alert,) = alerts.run_detection(engine)
-    assert alert["direction"] == "improvement" and alert["timing_method"] == "cuda_events"
-    assert alert["cuda_graph"] is True and alert["first_bad_run_id"] == "n24"
+    assert alert.direction == "improvement" and alert.timing_method == "cuda_events"
+    assert alert.cuda_graph is True and alert.first_bad_run_id == "n24"
     assert alerts.run_detection(engine) == []
 
 
