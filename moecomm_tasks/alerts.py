@@ -88,7 +88,7 @@ def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequenc
                             :direction, :change_pct, :confidence, :baseline, :after, :good, :bad, :detected,
                             CAST(:diff AS jsonb), :confirmation, :confirm_note)
                     ON CONFLICT ON CONSTRAINT alert_change_key DO NOTHING
-                    RETURNING alert_pk"""), {
+                    RETURNING alert_id"""), {
                     **dict(zip(SERIES, key)), "direction": change.direction, "change_pct": change.change_pct,
                     "confidence": change.confidence, "baseline": change.baseline, "after": change.after,
                     "good": good.run_id, "bad": bad.run_id, "detected": nights[change.detected_at].run_id,
@@ -97,7 +97,7 @@ def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequenc
                 }).first()
                 if row is not None:
                     raised.append({
-                        "alert_id": row.alert_pk, **dict(zip(SERIES, key)), "direction": change.direction,
+                        "alert_id": row.alert_id, **dict(zip(SERIES, key)), "direction": change.direction,
                         "change_pct": round(change.change_pct, 3), "confidence": round(change.confidence, 4),
                         "baseline_us": change.baseline, "after_us": change.after,
                         "last_good_run_id": good.run_id, "first_bad_run_id": bad.run_id,
@@ -112,14 +112,14 @@ def list_alerts(engine: Engine, state: str | None = None) -> list[sa.Row]:
     where = "WHERE a.state = :state" if state else ""
     with engine.connect() as conn:
         return list(conn.execute(sa.text(f"""
-            SELECT a.alert_pk AS id, a.state, a.direction, round(a.change_pct::numeric, 2) AS change_pct,
+            SELECT a.alert_id, a.state, a.direction, round(a.change_pct::numeric, 2) AS change_pct,
                    round(a.confidence::numeric, 4) AS confidence, a.backend, a.profile, a.ep_size, a.local_batch_size,
                    a.op, a.gpu_model, a.last_good_run_id, a.first_bad_run_id, a.state_note,
                    a.confirmation, a.confirm_note, v.state AS bisection_state, v.first_bad_build, v.commit_range
             FROM alert a
             LEFT JOIN LATERAL (SELECT state, first_bad_build, commit_range FROM bisection_verdict
-                               WHERE alert_id = a.alert_pk ORDER BY bisection_id DESC LIMIT 1) v ON true
-            {where} ORDER BY a.created_at DESC, a.alert_pk DESC"""), {"state": state}))
+                               WHERE alert_id = a.alert_id ORDER BY bisection_id DESC LIMIT 1) v ON true
+            {where} ORDER BY a.created_at DESC, a.alert_id DESC"""), {"state": state}))
 
 
 def set_state(engine: Engine, alert_id: int, state: str, note: str | None = None) -> None:
@@ -128,7 +128,7 @@ def set_state(engine: Engine, alert_id: int, state: str, note: str | None = None
     with engine.begin() as conn:
         updated = conn.execute(sa.text(
             "UPDATE alert SET state = :state, state_note = COALESCE(:note, state_note), updated_at = now() "
-            "WHERE alert_pk = :id"), {"state": state, "note": note, "id": alert_id}).rowcount
+            "WHERE alert_id = :id"), {"state": state, "note": note, "id": alert_id}).rowcount
     if not updated:
         raise MoecommError(f"no alert {alert_id} (see: moecomm alerts list)")
 

@@ -228,7 +228,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(raised, indent=2, default=str))
     else:
-        _table(f"{len(raised)} new alert(s)", ["id", "direction", "change %", "confidence", "backend", "profile", "ep",
+        _table(f"{len(raised)} new alert(s)", ["alert_id", "direction", "change %", "confidence", "backend", "profile", "ep",
                                                 "size", "op", "last good", "first bad", "confirmation"],
                [(a["alert_id"], a["direction"], a["change_pct"], a["confidence"], a["backend"], a["profile"],
                  a["ep_size"], a["local_batch_size"], a["op"], a["last_good_run_id"], a["first_bad_run_id"],
@@ -248,23 +248,23 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
     engine = _engine()
     if args.action == "deliveries":
-        _table(None, ["id", "alert", "channel", "digest", "state", "attempts", "next attempt", "delivered",
+        _table(None, ["id", "alert_id", "channel", "digest", "state", "attempts", "next attempt", "delivered",
                       "last error"], outbox.deliveries(engine))
         return EXIT_OK
     if args.action == "list":
         from moecomm_tasks.bisection_report import short
 
         rows = alerts.list_alerts(engine, args.state)
-        _table(None, ["id", "state", "direction", "change %", "confidence", "backend", "profile", "ep", "size", "op",
+        _table(None, ["alert_id", "state", "direction", "change %", "confidence", "backend", "profile", "ep", "size", "op",
                       "gpu", "last good", "first bad", "note", "confirmation", "bisection"],
                [(*row[:14], row.confirmation, short(row.bisection_state, row.first_bad_build, row.commit_range))
                 for row in rows])
         return EXIT_OK
-    if args.id is None:
+    if args.alert_id is None:
         raise MoecommError(f"moecomm alerts {args.action} needs an alert id")
     state = {"ack": "acknowledged", "resolve": "resolved", "mute": "muted"}[args.action]
-    alerts.set_state(engine, args.id, state, args.note)
-    console.print(f"alert {args.id}: {state}")
+    alerts.set_state(engine, args.alert_id, state, args.note)
+    console.print(f"alert {args.alert_id}: {state}")
     return EXIT_OK
 
 
@@ -278,7 +278,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     channels = list(notify.channels()) if args.notify else []
     decisions = confirm.run_all(engine, matrix, run_id, now, channels, args.notify or run_id)
     _table(f"{len(decisions)} candidate(s) decided (re-runs under run {confirm.recheck_run_id(run_id)})",
-           ["id", "confirmation", "re-run µs", "position", "note"],
+           ["alert_id", "confirmation", "re-run µs", "position", "note"],
            [(d.alert_id, d.confirmation.value, d.value_us, d.position, d.note) for d in decisions])
     if args.notify:
         _print_deliveries(outbox.deliver_due(engine), empty="nothing confirmed, nothing sent" if channels
@@ -411,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("alerts", help="list alerts, or acknowledge, resolve or mute one; or list the alert "
                                       "digests' deliveries (outbox)")
     p.add_argument("action", choices=["list", "ack", "resolve", "mute", "deliveries"])
-    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("alert_id", nargs="?", type=int)
     p.add_argument("--state", choices=["open", "acknowledged", "resolved", "muted"], help="with list: only this state")
     p.add_argument("--note", help="with ack, resolve or mute: why")
     p.set_defaults(func=cmd_alerts)

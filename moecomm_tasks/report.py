@@ -174,12 +174,12 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         ax.axhline(alert.baseline_us, color="grey", linestyle=":", label=f"baseline {alert.baseline_us:.1f} µs")
         ax.axhline(alert.after_us, color="red", linestyle=":", label=f"after {alert.after_us:.1f} µs")
         ax.set_ylabel("slowest rank, µs")
-        ax.set_title(_label(f"#{alert.alert_pk} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} "
+        ax.set_title(_label(f"#{alert.alert_id} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} "
                             f"{alert.profile} EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}"), fontsize=9)
         ax.legend(fontsize=7)
         fig.autofmt_xdate()
-        save(fig, "alerts", f"alert_{alert.alert_pk}.png",
-             f"alert #{alert.alert_pk} ({alert.state}): {alert.change_pct:+.2f}%, confidence {alert.confidence:.4f}, "
+        save(fig, "alerts", f"alert_{alert.alert_id}.png",
+             f"alert #{alert.alert_id} ({alert.state}): {alert.change_pct:+.2f}%, confidence {alert.confidence:.4f}, "
              f"last good {alert.last_good_run_id}, first bad {alert.first_bad_run_id}")
 
     # The backend comparison on this night.

@@ -79,6 +79,6 @@ def test_lifecycle(history, database_url, monkeypatch, capsys):
     assert "looking" in capsys.readouterr().out
     for action, state in (("resolve", "resolved"), ("mute", "muted")):
         assert main(["alerts", action, str(alert["alert_id"])]) == 0
-        assert [r.state for r in alerts.list_alerts(history) if r.id == alert["alert_id"]] == [state]
+        assert [r.state for r in alerts.list_alerts(history) if r.alert_id == alert["alert_id"]] == [state]
     assert main(["alerts", "ack", "999999"]) == 3
     assert alerts.run_detection(history) == []  # still never raised twice
