@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -84,11 +85,29 @@ def cmd_db(args: argparse.Namespace) -> int:
         stopped = EmbeddedPostgres.default().stop()
         console.print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
     elif args.action == "status":
+        configured = os.environ.get("MOECOMM_DATABASE_URL")
+        if configured:
+            console.print(f"MOECOMM_DATABASE_URL: {libpq_url(configured)}", markup=False, soft_wrap=True)
+            return EXIT_OK
         server = EmbeddedPostgres.default()
         port = server.running_port()
         console.print(f"embedded PostgreSQL in {server.root}: "
-                      + (f"running on 127.0.0.1:{port}" if port else "not running"))
+                      + (f"running on 127.0.0.1:{port}" if port else "not running"), markup=False)
+        if port:
+            console.print(f"psql {libpq_url(server.url(port))}", markup=False, soft_wrap=True)
     return EXIT_OK
+
+
+def libpq_url(url: str) -> str:
+    """`url` (a SQLAlchemy URL, `postgresql+psycopg2://...`) as a libpq connection URI, the form
+    `psql`, `pg_dump` and other PostgreSQL tools take (they refuse the `+driver` part)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise MoecommError(f"MOECOMM_DATABASE_URL is not a SQLAlchemy URL: {exc}") from None
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def load_paths(paths: Sequence[Path], run_id: str, run_at: datetime | None, progress: bool) -> int:
