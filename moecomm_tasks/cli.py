@@ -24,7 +24,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from moecomm_tasks import limits, query
+from moecomm_tasks import display, limits, query
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.knobs import TIMING_METHODS
 
@@ -199,9 +199,34 @@ def cmd_trend(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def print_trend_table(engine, series: query.SeriesFilter, last: int) -> None:
-    run_ids, rows = query.trend_table(engine, series, last)
-    _table("median µs across ranks, per run", ["backend", "profile", "ep", "size", "op", "knobs", *run_ids], rows)
+NOISE_LEGEND = (f"±: the night's spread (half its ranks' range, or its iterations' stdev if larger); "
+                f"{display.MARK}: moved by more than its and the night before's spreads together")
+# At most this many tables (groups of series with the same last nights) are printed.
+MAX_TREND_TABLES = 20
+
+
+def print_trend_table(engine, series: query.SeriesFilter, last: int, runs: Sequence[str] | None = None) -> None:
+    """Each matching series against its own last `last` nights; one table per set of nights."""
+    groups = query.trend_table(engine, series, last, runs)
+    if not groups:
+        raise MoecommError("no series matches (see: moecomm runs, and the views in the README)")
+    for group in groups[:MAX_TREND_TABLES]:
+        headers = display.short_run_ids(group.run_ids)
+        # The quantization and GPU model get columns only where the table's series differ in them.
+        varying = [i for i, name in ((6, "quant"), (7, "gpu")) if len({row[i] for row in group.rows}) > 1]
+        shared = ", ".join(f"{name} {group.rows[0][i]}" for i, name in ((6, "quant"), (7, "gpu"))
+                           if i not in varying and group.rows[0][i])
+        title = (f"median µs across ranks, last {len(group.run_ids)} night(s) of {len(group.rows)} series"
+                 + (f" ({shared})" if shared else "")
+                 + (f"; runs {headers.dropped}" if headers.dropped else "") + f"\n{NOISE_LEGEND}")
+        _table(title, ["backend", "profile", "ep", "size", "op", "knobs",
+                       *({6: "quant", 7: "gpu"}[i] for i in varying), *headers.labels],
+               [(*row[:6], *(row[i] for i in varying),
+                 *(display.with_spread(c.value_us, c.spread_us, c.beyond_noise) for c in row[8:]))
+                for row in group.rows])
+    if len(groups) > MAX_TREND_TABLES:
+        err_console.print(f"{len(groups) - MAX_TREND_TABLES} more table(s) of series with other nights not shown: "
+                          "narrow it down (--backend, --profile, --gpu, ...)")
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -222,10 +247,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise MoecommError("--kernels, --stat and --rank compare two output files; for two runs in the database "
                            "see kernel_flat and measurement_flat (README: The SQL interface)")
     rows = query.compare(_engine(), args.run_a, args.run_b)
-    _table(f"A = {args.run_a}, B = {args.run_b}; speedup = A / B (above 1: B is faster)",
-           ["backend", "profile", "ep", "size", "op", "knobs", "A µs", "B µs", "speedup"],
-           [(r.backend, r.profile, r.ep_size, r.local_batch_size, r.op, query.knob_label(r), r.a_us, r.b_us, r.speedup)
-            for r in rows])
+    shown = []
+    for r in rows:
+        spread_a = display.spread_us(r.a_half_rank_range_us, r.a_stdev_us)
+        spread_b = display.spread_us(r.b_half_rank_range_us, r.b_stdev_us)
+        moved = display.beyond_noise(r.a_us, spread_a, r.b_us, spread_b)
+        shown.append((r.backend, r.profile, r.ep_size, r.local_batch_size, r.op, query.knob_label(r),
+                      display.with_spread(r.a_us, spread_a), display.with_spread(r.b_us, spread_b),
+                      None if r.speedup is None else f"{r.speedup:.2f}" + (display.MARK if moved else "")))
+    _table(f"A = {args.run_a}, B = {args.run_b}; speedup = A / B (above 1: B is faster); µs are the median "
+           f"across ranks\n{NOISE_LEGEND.replace('the night before', 'the other run')}",
+           ["backend", "profile", "ep", "size", "op", "knobs", "A µs", "B µs", "speedup"], shown)
     return EXIT_OK
 
 
