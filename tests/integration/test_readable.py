@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -53,3 +54,74 @@ def test_db_status_prints_the_configured_database_as_a_libpq_url(database_url):
     url = status.stdout.strip().removeprefix("MOECOMM_DATABASE_URL: ")
     assert url.startswith("postgresql://") and "+psycopg2" not in url
     assert psql_select_1(url) == "1"
+
+
+# ---- table and samples: each series' own last nights ----------------------------------------
+
+from moecomm_tasks.cli import main  # noqa: E402
+from moecomm_tasks.display import short_run_ids  # noqa: E402
+
+SEED = "seed_stdout_2ranks.txt"  # ALLGATHER and NVLINK_ONE_SIDED, deepseek_v3, EP 2, 640 and 768 tokens
+
+
+def header_line(out: str, first: str = "backend") -> list[str]:
+    return next(line.split() for line in out.splitlines() if line.split()[:1] == [first])
+
+
+def test_table_takes_each_series_own_last_nights_after_other_loads(database_url, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)
+    for day in (1, 2, 3):
+        assert main(["load", str(data_dir / SEED), "--run-id", f"nightly-seed-2026-11-0{day}",
+                     "--run-at", f"2026-11-0{day}T02:00:00+00:00"]) == 0
+    assert main(["samples"]) == 0  # six later runs (2026-11-24) of other series
+    capsys.readouterr()
+    # The last 3 runs of the database measured no ALLGATHER; ALLGATHER's own last 3 nights did.
+    assert main(["table", "--backend", "ALLGATHER", "--last", "3"]) == 0
+    out = capsys.readouterr().out
+    assert header_line(out)[-3:] == ["11-01", "11-02", "11-03"], out
+    assert "runs nightly-seed-…" in out  # what the headers leave out of the run ids
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] == ["ALLGATHER"]]
+    assert len(rows) == 2 and all(len(r) == 6 + 3 * 2 for r in rows), rows  # 3 nights: value and ±spread each
+    # The same output three nights running: no night moved beyond its spread.
+    assert "*" not in "".join(" ".join(r) for r in rows)
+
+
+def test_samples_shows_the_sample_runs_whatever_was_loaded_after_them(database_url, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)
+    assert main(["load", str(data_dir / SEED), "--run-id", "later", "--run-at", "2026-12-01T02:00:00+00:00"]) == 0
+    assert main(["samples"]) == 0
+    out = capsys.readouterr().out
+    assert header_line(out)[-6:] == [f"h100-ep1-{i}" for i in range(1, 7)], out
+    assert "later" not in out.split("last 6 night(s)")[1]
+    # Real code changes between these runs: some cells are marked as beyond the noise, not all.
+    rows = [line for line in out.splitlines() if line.lstrip().startswith("TORCH_")]
+    assert len(rows) == 48 and any("*" in r for r in rows) and not all("*" in r for r in rows)
+
+
+def test_a_change_beyond_the_spread_is_marked(engine, database_url, data_dir, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)
+    slower = tmp_path / "slower.txt"
+    # Every time 30% higher: further than both nights' spreads (half the 2 ranks' range, ~1%).
+    text = (data_dir / SEED).read_text()
+
+    slower.write_text(re.sub(r'("rank\d+": )([0-9.]+)', lambda m: f"{m[1]}{float(m[2]) * 1.3:.3f}", text))
+    assert main(["load", str(data_dir / SEED), "--run-id", "before", "--run-at", "2026-11-01T02:00:00+00:00"]) == 0
+    assert main(["load", str(slower), "--run-id", "after", "--run-at", "2026-11-02T02:00:00+00:00"]) == 0
+    capsys.readouterr()
+    assert main(["table", "--backend", "ALLGATHER", "--size", "640"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["ALLGATHER"]]
+    assert rows and all(r[-1].endswith("*") and not r[-3].endswith("*") for r in rows), rows
+    assert main(["compare", "before", "after"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["ALLGATHER"]]
+    assert rows and all(r[-1] == "0.77*" for r in rows), rows
+
+
+def test_short_run_ids_keep_what_tells_them_apart():
+    airflow = short_run_ids(["scheduled__2026-12-01T02:00:00+00:00", "scheduled__2026-12-02T02:00:00+00:00",
+                             "manual__2026-12-02T09:15:00.123456+00:00"])
+    assert airflow.labels == ("scheduled__12-01", "scheduled__12-02", "manual__12-02")
+    same_day = short_run_ids(["manual__2026-12-01T05:49:01.948317+00:00", "manual__2026-12-01T06:49:01.948317+00:00"])
+    assert same_day.labels == ("12-01 05:49", "12-01 06:49") and same_day.dropped == "manual__…"
+    assert short_run_ids(["h100-ep1-1", "h100-ep1-2"]).labels == ("h100-ep1-1", "h100-ep1-2")
+    plain = short_run_ids(["a-very-long-run-id-without-dates-one", "a-very-long-run-id-without-dates-two"])
+    assert len(set(plain.labels)) == 2 and all(len(label) <= 16 for label in plain.labels)
