@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from moecomm_tasks.detect import Params, detect, median_stderr
+from moecomm_tasks.detect import Params, detect, median_stderr, nights_before_testing
 from moecomm_tasks import outbox
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.query import SERIES_KEY as SERIES
@@ -106,6 +106,20 @@ def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequenc
         if not confirm:
             outbox.enqueue(conn, [a["alert_id"] for a in raised], deliver_to, digest)
     return raised
+
+
+def too_short(engine: Engine, params: Params = Params()) -> dict[int, int]:
+    """The series too short to be tested yet (`detect.nights_before_testing`): how many nights
+    each still needs -> how many series need that many. Counts the nights detection reads (not
+    excluded)."""
+    needed = nights_before_testing(params)
+    key = ", ".join(f"COALESCE({k}, '')" if k in ("quant_algo", "gpu_model") else k for k in SERIES)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text(f"""
+            SELECT :needed - nights AS missing, count(*) AS series
+            FROM (SELECT count(*) AS nights FROM nightly_series WHERE NOT excluded GROUP BY {key}) s
+            WHERE nights < :needed GROUP BY nights ORDER BY missing"""), {"needed": needed}).all()
+    return {row.missing: row.series for row in rows}
 
 
 def list_alerts(engine: Engine, state: str | None = None) -> list[sa.Row]:

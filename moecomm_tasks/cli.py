@@ -276,6 +276,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.notify:
         _print_deliveries(outbox.deliver_due(engine), empty="nothing new, nothing sent" if channels
                           else "no channel configured (README, Configuration)")
+    _print_too_short(alerts.too_short(engine))
     if args.format == "json":
         print(json.dumps(raised, indent=2, default=str))
     else:
@@ -285,6 +286,19 @@ def cmd_detect(args: argparse.Namespace) -> int:
                  a["ep_size"], a["local_batch_size"], a["op"], a["last_good_run_id"], a["first_bad_run_id"],
                  a["confirmation"]) for a in raised])
     return EXIT_OK
+
+
+def _print_too_short(missing: dict[int, int]) -> None:
+    """Say how many series detection could not test yet, and how many nights they still need."""
+    from moecomm_tasks.detect import nights_before_testing
+
+    if not missing:
+        return
+    groups = sorted(missing.items())
+    shown = ", ".join(f"{series} need {nights} more" for nights, series in groups[:4])
+    more = f", {sum(s for _, s in groups[4:])} need more than {groups[3][0]}" if len(groups) > 4 else ""
+    err_console.print(f"{sum(missing.values())} series are too short to test yet (a series is tested once it has "
+                      f"{nights_before_testing()} nights): {shown}{more} night(s)", markup=False, soft_wrap=True)
 
 
 def _print_deliveries(outcome: dict[str, str], empty: str | None = None) -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import sqlalchemy as sa
 
 from moecomm_tasks.embedded import EmbeddedPostgres
 
@@ -125,3 +126,39 @@ def test_short_run_ids_keep_what_tells_them_apart():
     assert short_run_ids(["h100-ep1-1", "h100-ep1-2"]).labels == ("h100-ep1-1", "h100-ep1-2")
     plain = short_run_ids(["a-very-long-run-id-without-dates-one", "a-very-long-run-id-without-dates-two"])
     assert len(set(plain.labels)) == 2 and all(len(label) <= 16 for label in plain.labels)
+
+
+# ---- detect: the series still too short to test ----------------------------------------------
+
+def test_detect_says_how_many_series_are_too_short_and_how_many_nights_they_need(database_url, data_dir,
+                                                                                 monkeypatch, capsys):
+    from moecomm_tasks.detect import Params, detect, nights_before_testing
+
+    monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)
+    needed = nights_before_testing()
+    # What the count stands for: a step in the last two nights of a series of `needed` nights is
+    # found (with a hair trigger); the same with one night less is not tested at all.
+    eager = Params(min_change=0.0, threshold=0.1, short_extra=0.0, gate=1e9, min_night=0.0)
+    steady = [100.0 + 0.1 * (i % 3) for i in range(needed)]
+    assert detect(steady[:needed - 2] + [101.0, 101.0], params=eager) != []
+    assert detect(steady[:needed - 3] + [101.0, 101.0], params=eager) == []
+    for day in range(1, 4):
+        assert main(["load", str(data_dir / SEED), "--run-id", f"n{day}",
+                     "--run-at", f"2026-11-0{day}T02:00:00+00:00"]) == 0
+    # Some of the series also ran on a fourth night (a truncated output: partly loaded, exit 1).
+    assert main(["load", str(data_dir / "truncated_stdout.txt"), "--run-id", "n4",
+                 "--run-at", "2026-11-04T02:00:00+00:00"]) == 1
+    capsys.readouterr()
+    assert main(["detect", "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == "[]"  # the JSON stays JSON: the count goes to stderr
+    engine = sa.create_engine(database_url)
+    with engine.connect() as conn:
+        counts = dict(conn.execute(sa.text(
+            "SELECT nights, count(*) FROM (SELECT count(*) AS nights FROM nightly_series "
+            "GROUP BY backend, local_batch_size, op) s GROUP BY nights")).all())
+    engine.dispose()
+    assert set(counts) == {3, 4}, counts
+    expected = ", ".join(f"{counts[n]} need {needed - n} more" for n in (4, 3))
+    assert (f"{sum(counts.values())} series are too short to test yet (a series is tested once it has "
+            f"{needed} nights): {expected} night(s)") in " ".join(captured.err.split()), captured.err
