@@ -240,7 +240,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         stat, rank = args.stat or "median", 0 if args.rank is None else args.rank
         rows = compare.compare_files(Path(args.run_a), Path(args.run_b), stat=stat, rank=rank, kernels=args.kernels)
-        _table(f"A = {args.run_a}, B = {args.run_b}; {stat} of rank {rank}; A / B above 1: B is faster",
+        _table(f"A = {args.run_a}, B = {args.run_b}; {stat} of rank {rank}; A / B above 1: B is faster\n"
+               f"±: the iterations' standard deviation; {display.MARK}: beyond the noise (more than twice the "
+               "standard error of the difference)",
                ["backend", "tokens", "op", "kernel", "A µs", "B µs", "A / B", "noise"], compare.table_rows(rows))
         return EXIT_OK
     if args.kernels or args.stat or args.rank is not None:
