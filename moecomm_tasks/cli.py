@@ -207,6 +207,8 @@ MAX_TREND_TABLES = 20
 
 def print_trend_table(engine, series: query.SeriesFilter, last: int, runs: Sequence[str] | None = None) -> None:
     """Each matching series against its own last `last` nights; one table per set of nights."""
+    if last < 1:
+        raise MoecommError("--last must be 1 or more (nights per series)")
     groups = query.trend_table(engine, series, last, runs)
     if not groups:
         raise MoecommError("no series matches (see: moecomm runs, and the views in the README)")
