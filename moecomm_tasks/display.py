@@ -78,8 +78,8 @@ def short_run_ids(run_ids: Sequence[str], width: int = HEADER_CHARS) -> Headers:
     time is shown as month-day and as much of the time as tells the ids apart, and what is still
     too long loses its middle."""
     ids = tuple(run_ids)
-    if len(ids) <= 1 or all(len(i) <= width for i in ids):
-        return Headers(ids, tuple(_ellipsize(i, width) for i in ids) if len(ids) == 1 else ids)
+    if len(ids) <= 1 or all(len(i) <= width for i in ids):  # one column can be as wide as its id
+        return Headers(ids, ids)
     tokens = [_tokens(i) for i in ids]
     shortest = min(len(t) for t in tokens)
     lead = 0

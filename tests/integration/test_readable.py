@@ -60,7 +60,6 @@ def test_db_status_prints_the_configured_database_as_a_libpq_url(database_url):
 # ---- table and samples: each series' own last nights ----------------------------------------
 
 from moecomm_tasks.cli import main  # noqa: E402
-from moecomm_tasks.display import short_run_ids  # noqa: E402
 
 SEED = "seed_stdout_2ranks.txt"  # ALLGATHER and NVLINK_ONE_SIDED, deepseek_v3, EP 2, 640 and 768 tokens
 
@@ -115,17 +114,6 @@ def test_a_change_beyond_the_spread_is_marked(engine, database_url, data_dir, mo
     assert main(["compare", "before", "after"]) == 0
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["ALLGATHER"]]
     assert rows and all(r[-1] == "0.77*" for r in rows), rows
-
-
-def test_short_run_ids_keep_what_tells_them_apart():
-    airflow = short_run_ids(["scheduled__2026-12-01T02:00:00+00:00", "scheduled__2026-12-02T02:00:00+00:00",
-                             "manual__2026-12-02T09:15:00.123456+00:00"])
-    assert airflow.labels == ("scheduled__12-01", "scheduled__12-02", "manual__12-02")
-    same_day = short_run_ids(["manual__2026-12-01T05:49:01.948317+00:00", "manual__2026-12-01T06:49:01.948317+00:00"])
-    assert same_day.labels == ("12-01 05:49", "12-01 06:49") and same_day.dropped == "manual__…"
-    assert short_run_ids(["h100-ep1-1", "h100-ep1-2"]).labels == ("h100-ep1-1", "h100-ep1-2")
-    plain = short_run_ids(["a-very-long-run-id-without-dates-one", "a-very-long-run-id-without-dates-two"])
-    assert len(set(plain.labels)) == 2 and all(len(label) <= 16 for label in plain.labels)
 
 
 # ---- detect: the series still too short to test ----------------------------------------------
