@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from moecomm_tasks.detect import Params, detect, median_stderr, nights_before_testing
 from moecomm_tasks import outbox
 from moecomm_tasks.errors import MoecommError
+from moecomm_tasks.query import SERIES_GROUP, SERIES_NIGHTS
 from moecomm_tasks.query import SERIES_KEY as SERIES
 
 PROVENANCE_FIELDS = ("gpu_model", "driver_version", "cuda_version", "nccl_version", "torch_version",
@@ -110,14 +111,13 @@ def run_detection(engine: Engine, params: Params = Params(), deliver_to: Sequenc
 
 def too_short(engine: Engine, params: Params = Params()) -> dict[int, int]:
     """The series too short to be tested yet (`detect.nights_before_testing`): how many nights
-    each still needs -> how many series need that many. Counts the nights detection reads (not
-    excluded)."""
+    each still needs -> how many series need that many, counting the nights detection reads
+    (nightly, not excluded; `query.SERIES_NIGHTS`, which skips the view's statistics)."""
     needed = nights_before_testing(params)
-    key = ", ".join(f"COALESCE({k}, '')" if k in ("quant_algo", "gpu_model") else k for k in SERIES)
     with engine.connect() as conn:
         rows = conn.execute(sa.text(f"""
             SELECT :needed - nights AS missing, count(*) AS series
-            FROM (SELECT count(*) AS nights FROM nightly_series WHERE NOT excluded GROUP BY {key}) s
+            FROM (SELECT count(*) AS nights FROM ({SERIES_NIGHTS}) s WHERE NOT excluded GROUP BY {SERIES_GROUP}) n
             WHERE nights < :needed GROUP BY nights ORDER BY missing"""), {"needed": needed}).all()
     return {row.missing: row.series for row in rows}
 

@@ -168,6 +168,17 @@ class TrendGroup:
     rows: list[tuple]
 
 
+# Which series was measured on which night, and nothing else: nightly_series' key, nights and
+# filter read from the tables, without the view's per-night statistics (which cost seconds over a
+# year of nights; tests/benchmarks/bench_readable.py). For counting nights and choosing them.
+SERIES_NIGHTS = f"""
+    SELECT m.backend, j.profile, j.ep_size, j.quant_algo, m.local_batch_size, m.op, p.gpu_model,
+           {', '.join('m.' + k for k in KNOB_FIELDS)}, r.run_id, r.run_at, r.excluded
+    FROM measurement m JOIN job j USING (job_pk) JOIN run r USING (run_pk) LEFT JOIN provenance p USING (job_pk)
+    WHERE r.kind = 'nightly'"""
+SERIES_GROUP = ", ".join(f"COALESCE({k}, '')" if k in ("quant_algo", "gpu_model") else k for k in SERIES_KEY)
+
+
 # The spread of a night (display.spread_us) as SQL: half the ranks' range and the iterations' stdev.
 _SPREAD_COLUMNS = ("CASE WHEN n_ranks > 1 THEN (slowest_rank_us - fastest_rank_us) / 2 END AS half_rank_range_us, "
                    "within_night_stdev_us")
@@ -183,23 +194,28 @@ def trend_table(engine: Engine, series: SeriesFilter, last: int = 10,
     if runs is not None:
         where += " AND run_id = ANY(:runs)"
         params["runs"] = list(runs)
-    key = ", ".join(f"COALESCE({k}, '')" if k in ("quant_algo", "gpu_model") else k for k in SERIES_KEY)
     with engine.connect() as conn:
+        # First which nights: each series' last `last` + 1 (one more to judge the first column's move),
+        # from the tables; then those nights' values from the view.
+        wanted = [r for (r,) in conn.execute(sa.text(f"""
+            SELECT DISTINCT run_id FROM (
+                SELECT run_id, row_number() OVER (PARTITION BY {SERIES_GROUP} ORDER BY run_at DESC, run_id DESC) AS age
+                FROM ({SERIES_NIGHTS}) s WHERE {where}) n
+            WHERE age <= :n + 1"""), {**params, "n": last})]
         rows = conn.execute(sa.text(f"""
-            SELECT * FROM (
-                SELECT backend, profile, ep_size, local_batch_size, op, COALESCE(quant_algo, '') AS quant_algo,
-                       COALESCE(gpu_model, '') AS gpu_model, {', '.join(KNOB_FIELDS)}, run_id, run_at, median_us,
-                       {_SPREAD_COLUMNS},
-                       row_number() OVER (PARTITION BY {key} ORDER BY run_at DESC, run_id DESC) AS age
-                FROM nightly_series WHERE {where}) n
-            WHERE age <= :n + 1
+            SELECT backend, profile, ep_size, local_batch_size, op, COALESCE(quant_algo, '') AS quant_algo,
+                   COALESCE(gpu_model, '') AS gpu_model, {', '.join(KNOB_FIELDS)}, run_id, run_at, median_us,
+                   {_SPREAD_COLUMNS}
+            FROM nightly_series WHERE {where} AND run_id = ANY(:wanted)
             ORDER BY profile, ep_size, backend, local_batch_size, op, quant_algo, gpu_model,
                      {', '.join(KNOB_FIELDS)}, run_at, run_id
-        """), {**params, "n": last}).all()
+        """), {**params, "wanted": wanted}).all()
     nights: dict[tuple, list[sa.Row]] = {}
     for row in rows:
         nights.setdefault((row.backend, row.profile, row.ep_size, row.local_batch_size, row.op, knob_label(row),
                            row.quant_algo, row.gpu_model), []).append(row)
+    # A night wanted by another series may be older than this series' own last ones: keep its own.
+    nights = {key: points[-(last + 1):] for key, points in nights.items()}
     groups: dict[tuple[str, ...], list[tuple]] = {}
     for series_key, points in nights.items():
         shown = points[-last:] if last else []
