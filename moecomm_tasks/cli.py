@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from moecomm_tasks import display, limits, query
 from moecomm_tasks.errors import MoecommError
@@ -55,11 +56,14 @@ def _fmt(value: object) -> str:
 
 
 def _table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    """Print a table. Everything in it is shown as text: run ids and names come from the data,
+    and a `[/x]` in one would otherwise be read as Rich markup (and fail)."""
+    table = Table(title=None if title is None else Text(title), box=box.SIMPLE_HEAD, title_justify="left")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("run_id", "backend", "profile", "op", "kernel") else "right")
+        table.add_column(Text(column), justify="left" if column in ("run_id", "backend", "profile", "op", "kernel")
+                         else "right")
     for row in rows:
-        table.add_row(*(_fmt(v) for v in row))
+        table.add_row(*(Text(_fmt(v)) for v in row))
     console.print(table)
 
 

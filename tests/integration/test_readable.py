@@ -150,3 +150,13 @@ def test_detect_says_how_many_series_are_too_short_and_how_many_nights_they_need
     expected = ", ".join(f"{counts[n]} need {needed - n} more" for n in (4, 3))
     assert (f"{sum(counts.values())} series are too short to test yet (a series is tested once it has "
             f"{needed} nights): {expected} night(s)") in " ".join(captured.err.split()), captured.err
+
+
+def test_run_ids_that_look_like_markup_are_shown_as_they_are(database_url, data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)
+    assert main(["load", str(data_dir / SEED), "--run-id", "night[/x]-[bold]1", "--run-at",
+                 "2026-11-01T02:00:00+00:00"]) == 0
+    capsys.readouterr()
+    for command in (["runs"], ["table", "--backend", "ALLGATHER"], ["compare", "night[/x]-[bold]1", "night[/x]-[bold]1"]):
+        assert main(command) == 0, command
+        assert "night[/x]-[bold]1" in capsys.readouterr().out, command
