@@ -437,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("db", help="the database: upgrade (apply migrations), stop or status of the embedded server")
+    p = sub.add_parser("db", help="the database: upgrade (apply migrations), stop or status of the embedded server "
+                                  "(status prints a URL for psql)")
     p.add_argument("action", choices=["upgrade", "stop", "status"])
     p.set_defaults(func=cmd_db)
 
@@ -460,12 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_series_options(p)
     p.set_defaults(func=cmd_trend)
 
-    p = sub.add_parser("table", help="every matching series against the last runs")
+    p = sub.add_parser("table", help="every matching series against its own last nights, each value ± its "
+                                     "within-night spread, * where it moved beyond it")
     _add_series_options(p)
-    p.add_argument("--last", type=_count, default=10)
+    p.add_argument("--last", type=_count, default=10, help="nights per series (default 10)")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("compare", help="A/B table of two runs, or of two benchmark output files")
+    p = sub.add_parser("compare", help="A/B table of two runs, or of two benchmark output files (each value ± "
+                                       "its spread, * where they differ beyond it)")
     p.add_argument("run_a", help="a run id, or an output file (then run_b is one too)")
     p.add_argument("run_b")
     p.add_argument("--kernels", action="store_true", help="files: also each kernel of the phases")
@@ -473,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, help="files: the rank (default 0)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("detect", help="detect changes in the stored history; print the new alerts")
+    p = sub.add_parser("detect", help="detect changes in the stored history; print the new alerts (and how many "
+                                      "series are still too short to test)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--unconfirmed", action="store_true",
                    help="store the new alerts as confirmed without re-running their jobs (and send them with --notify)")
