@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from moecomm_tasks.detect import Params, SeriesInput, detect_group, median_stderr
+from moecomm_tasks.detect import Params, SeriesInput, detect_group, median_stderr, nights_before_testing
 from moecomm_tasks.domain import Alert, AlertKind, AlertState, Confirmation, Direction
 from moecomm_tasks import history, kernel_checks, outbox
 from moecomm_tasks.errors import MoecommError
@@ -110,7 +110,7 @@ def _store(conn: sa.Connection, key: tuple, nights: list, changes: list,
                     :direction, :change_pct, :confidence, :baseline, :after, :good, :bad, :detected,
                     CAST(:diff AS jsonb), :confirmation, :confirm_note)
             ON CONFLICT ON CONSTRAINT alert_change_key DO NOTHING
-            RETURNING alert_pk"""), {
+            RETURNING alert_id"""), {
             **dict(zip(SERIES, key)), "direction": change.direction, "change_pct": change.change_pct,
             "confidence": change.confidence, "baseline": change.baseline, "after": change.after,
             "good": good.run_id, "bad": bad.run_id, "detected": nights[change.detected_at].run_id,
@@ -119,7 +119,7 @@ def _store(conn: sa.Connection, key: tuple, nights: list, changes: list,
         }).first()
         if row is not None:
             raised.append(Alert(
-                alert_id=row.alert_pk, kind=AlertKind.LEVEL, **dict(zip(SERIES, key)),
+                alert_id=row.alert_id, kind=AlertKind.LEVEL, **dict(zip(SERIES, key)),
                 direction=Direction(change.direction), change_pct=change.change_pct,
                 confidence=change.confidence, baseline_us=change.baseline, after_us=change.after,
                 last_good_run_id=good.run_id, first_bad_run_id=bad.run_id, provenance_diff=diff,
@@ -145,7 +145,7 @@ def _raise_kernel_changes(conn: sa.Connection, since: datetime | None) -> list[A
                     :good, :bad, :bad, CAST(:diff AS jsonb), CAST(:kernel_diff AS jsonb),
                     :confirmation, :confirm_note)
             ON CONFLICT ON CONSTRAINT alert_change_key DO NOTHING
-            RETURNING alert_pk"""), {
+            RETURNING alert_id"""), {
             **change.series, "op": kernel_checks.KERNELS_OP, "kind": AlertKind.KERNELS.value,
             "direction": Direction.CHANGE.value, "good": change.last_good_run_id, "bad": change.first_bad_run_id,
             "diff": json.dumps(diff, default=str), "kernel_diff": json.dumps(change.diff),
@@ -154,7 +154,7 @@ def _raise_kernel_changes(conn: sa.Connection, since: datetime | None) -> list[A
         }).first()
         if row is not None:
             raised.append(Alert(
-                alert_id=row.alert_pk, kind=AlertKind.KERNELS, **change.series, op=kernel_checks.KERNELS_OP,
+                alert_id=row.alert_id, kind=AlertKind.KERNELS, **change.series, op=kernel_checks.KERNELS_OP,
                 direction=Direction.CHANGE, change_pct=None, confidence=None, baseline_us=None, after_us=None,
                 last_good_run_id=change.last_good_run_id, first_bad_run_id=change.first_bad_run_id,
                 provenance_diff=diff, kernel_diff=change.diff, confirmation=Confirmation.CONFIRMED,
@@ -162,20 +162,34 @@ def _raise_kernel_changes(conn: sa.Connection, since: datetime | None) -> list[A
     return raised
 
 
+def too_short(engine: Engine, params: Params = Params()) -> dict[int, int]:
+    """The series too short to be tested yet (`detect.nights_before_testing`): how many nights
+    each still needs -> how many series need that many, counting the nights detection reads
+    (nightly, not excluded, in `series_night`)."""
+    needed = nights_before_testing(params)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("""
+            SELECT :needed - nights AS missing, count(*) AS series
+            FROM (SELECT count(*) AS nights FROM series_night WHERE kind = 'nightly' AND NOT excluded
+                  GROUP BY series_pk) n
+            WHERE nights < :needed GROUP BY nights ORDER BY missing"""), {"needed": needed}).all()
+    return {row.missing: row.series for row in rows}
+
+
 def list_alerts(engine: Engine, state: AlertState | None = None) -> list[Alert]:
     """Every alert (or those in `state`), newest first, with its latest bisection's verdict."""
     where = "WHERE a.state = :state" if state else ""
     with engine.connect() as conn:
         rows = conn.execute(sa.text(f"""
-            SELECT a.alert_pk AS alert_id, a.kind, a.state, a.direction, round(a.change_pct::numeric, 2) AS change_pct,
+            SELECT a.alert_id, a.kind, a.state, a.direction, round(a.change_pct::numeric, 2) AS change_pct,
                    round(a.confidence::numeric, 4) AS confidence, a.baseline_us, a.after_us,
                    {', '.join('a.' + k for k in SERIES)}, a.last_good_run_id, a.first_bad_run_id, a.state_note,
                    a.provenance_diff, a.kernel_diff, a.confirmation, a.confirm_note,
                    v.state AS bisection_state, v.first_bad_build, v.commit_range
             FROM alert a
             LEFT JOIN LATERAL (SELECT state, first_bad_build, commit_range FROM bisection_verdict
-                               WHERE alert_id = a.alert_pk ORDER BY bisection_id DESC LIMIT 1) v ON true
-            {where} ORDER BY a.created_at DESC, a.alert_pk DESC"""), {"state": state and AlertState(state).value})
+                               WHERE alert_id = a.alert_id ORDER BY bisection_id DESC LIMIT 1) v ON true
+            {where} ORDER BY a.created_at DESC, a.alert_id DESC"""), {"state": state and AlertState(state).value})
         return [Alert.from_row(row._mapping) for row in rows]
 
 
@@ -187,7 +201,7 @@ def set_state(engine: Engine, alert_id: int, state: AlertState | str, note: str 
     with engine.begin() as conn:
         updated = conn.execute(sa.text(
             "UPDATE alert SET state = :state, state_note = COALESCE(:note, state_note), updated_at = now() "
-            "WHERE alert_pk = :id"), {"state": state.value, "note": note, "id": alert_id}).rowcount
+            "WHERE alert_id = :id"), {"state": state.value, "note": note, "id": alert_id}).rowcount
     if not updated:
         raise MoecommError(f"no alert {alert_id} (see: moecomm alerts list)")
 

@@ -62,8 +62,8 @@ def is_confirmed(alert: Mapping[str, Any]) -> bool:
 
 def _alert(conn: sa.Connection, alert_id: int) -> sa.Row:
     row = conn.execute(sa.text(f"""
-        SELECT alert_pk, {', '.join(SERIES_KEY)}, direction, change_pct, last_good_run_id, first_bad_run_id
-        FROM alert WHERE alert_pk = :id"""), {"id": alert_id}).first()
+        SELECT alert_id, {', '.join(SERIES_KEY)}, direction, change_pct, last_good_run_id, first_bad_run_id
+        FROM alert WHERE alert_id = :id"""), {"id": alert_id}).first()
     if row is None:
         raise BisectionError(f"no alert {alert_id} (see: moecomm alerts list)")
     return row
@@ -128,18 +128,18 @@ def eligible(engine: Engine, matrix: Matrix, run_id: str) -> list[int]:
     with builds in the catalog between their last good and first bad run."""
     with engine.connect() as conn:
         alerts = conn.execute(sa.text("""
-            SELECT a.alert_pk, a.direction, a.confirmation FROM alert a
-            WHERE a.detected_run_id = :run AND NOT EXISTS (SELECT 1 FROM bisection b WHERE b.alert_pk = a.alert_pk)
-            ORDER BY a.alert_pk"""), {"run": run_id}).all()
+            SELECT a.alert_id, a.direction, a.confirmation FROM alert a
+            WHERE a.detected_run_id = :run AND NOT EXISTS (SELECT 1 FROM bisection b WHERE b.alert_id = a.alert_id)
+            ORDER BY a.alert_id"""), {"run": run_id}).all()
     chosen = []
     for alert in alerts:
         if not is_confirmed(alert._mapping):
             continue
         try:
-            if plan(engine, matrix, alert.alert_pk).inner > 0:
-                chosen.append(alert.alert_pk)
+            if plan(engine, matrix, alert.alert_id).inner > 0:
+                chosen.append(alert.alert_id)
         except BisectionError as exc:
-            log.info("alert %s is not bisected: %s", alert.alert_pk, exc)
+            log.info("alert %s is not bisected: %s", alert.alert_id, exc)
     return chosen
 
 
@@ -151,16 +151,16 @@ def _start(engine: Engine, matrix: Matrix, chosen: Plan, requested_by: str) -> i
         conn.execute(sa.text("""
             UPDATE bisection SET state = 'failed', finished_at = now(),
                    reason = 'abandoned: it did not finish within its time bound (its process ended)'
-            WHERE alert_pk = :alert AND state = 'running' AND started_at < now() - make_interval(secs => :bound)"""),
+            WHERE alert_id = :alert AND state = 'running' AND started_at < now() - make_interval(secs => :bound)"""),
             {"alert": chosen.alert_id, "bound": search.time_bound_s(matrix)})
         running = conn.execute(sa.text("SELECT bisection_pk, requested_by, started_at FROM bisection "
-                                       "WHERE alert_pk = :alert AND state = 'running'"), {"alert": chosen.alert_id}).first()
+                                       "WHERE alert_id = :alert AND state = 'running'"), {"alert": chosen.alert_id}).first()
         if running is not None:
             raise BisectionError(f"alert {chosen.alert_id} is being bisected already (bisection {running.bisection_pk}, "
                                  f"by {running.requested_by}, since {running.started_at:%Y-%m-%d %H:%M} UTC)")
         # The unique index on running bisections settles a race with another process starting now.
         return conn.execute(sa.text("""
-            INSERT INTO bisection (alert_pk, requested_by, good_build, bad_build, builds, max_probes, settings)
+            INSERT INTO bisection (alert_id, requested_by, good_build, bad_build, builds, max_probes, settings)
             VALUES (:alert, :by, :good, :bad, CAST(:builds AS jsonb), :max_probes, CAST(:settings AS jsonb))
             RETURNING bisection_pk"""), {
             "alert": chosen.alert_id, "by": requested_by, "good": chosen.builds[0].name,
@@ -312,7 +312,7 @@ def latest(engine: Engine, alert_id: int, requested_by: str | None = None) -> sa
     with engine.connect() as conn:
         return conn.execute(sa.text("""
             SELECT v.*, a.detected_run_id, a.direction, a.baseline_us, a.after_us, b.settings, b.builds, b.notified
-            FROM bisection_verdict v JOIN alert a ON a.alert_pk = v.alert_id JOIN bisection b ON b.bisection_pk = v.bisection_id
+            FROM bisection_verdict v JOIN alert a ON a.alert_id = v.alert_id JOIN bisection b ON b.bisection_pk = v.bisection_id
             WHERE v.alert_id = :alert AND (CAST(:by AS text) IS NULL OR v.requested_by = :by)
             ORDER BY v.bisection_id DESC LIMIT 1"""), {"alert": alert_id, "by": requested_by}).first()
 

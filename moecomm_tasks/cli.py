@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,8 +23,9 @@ import sqlalchemy as sa
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
-from moecomm_tasks import limits, query
+from moecomm_tasks import display, limits, query
 from moecomm_tasks.domain import Alert, AlertKind, AlertState, Confirmation
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.knobs import TIMING_METHODS
@@ -55,11 +57,14 @@ def _fmt(value: object) -> str:
 
 
 def _table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    table = Table(title=title, box=box.SIMPLE_HEAD, title_justify="left")
+    """Print a table. Everything in it is shown as text: run ids and names come from the data,
+    and a `[/x]` in one would otherwise be read as Rich markup (and fail)."""
+    table = Table(title=None if title is None else Text(title), box=box.SIMPLE_HEAD, title_justify="left")
     for column in columns:
-        table.add_column(column, justify="left" if column in ("run_id", "backend", "profile", "op", "kernel") else "right")
+        table.add_column(Text(column), justify="left" if column in ("run_id", "backend", "profile", "op", "kernel")
+                         else "right")
     for row in rows:
-        table.add_row(*(_fmt(v) for v in row))
+        table.add_row(*(Text(_fmt(v)) for v in row))
     console.print(table)
 
 
@@ -85,11 +90,29 @@ def cmd_db(args: argparse.Namespace) -> int:
         stopped = EmbeddedPostgres.default().stop()
         console.print("embedded PostgreSQL stopped" if stopped else "embedded PostgreSQL was not running")
     elif args.action == "status":
+        configured = os.environ.get("MOECOMM_DATABASE_URL")
+        if configured:
+            console.print(f"MOECOMM_DATABASE_URL: {libpq_url(configured)}", markup=False, soft_wrap=True)
+            return EXIT_OK
         server = EmbeddedPostgres.default()
         port = server.running_port()
         console.print(f"embedded PostgreSQL in {server.root}: "
-                      + (f"running on 127.0.0.1:{port}" if port else "not running"))
+                      + (f"running on 127.0.0.1:{port}" if port else "not running"), markup=False)
+        if port:
+            console.print(f"psql {libpq_url(server.url(port))}", markup=False, soft_wrap=True)
     return EXIT_OK
+
+
+def libpq_url(url: str) -> str:
+    """`url` (a SQLAlchemy URL, `postgresql+psycopg2://...`) as a libpq connection URI, the form
+    `psql`, `pg_dump` and other PostgreSQL tools take (they refuse the `+driver` part)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise MoecommError(f"MOECOMM_DATABASE_URL is not a SQLAlchemy URL: {exc}") from None
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def load_paths(paths: Sequence[Path], run_id: str, run_at: datetime | None, progress: bool) -> int:
@@ -181,9 +204,36 @@ def cmd_trend(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def print_trend_table(engine, series: query.SeriesFilter, last: int) -> None:
-    run_ids, rows = query.trend_table(engine, series, last)
-    _table("median µs across ranks, per run", ["backend", "profile", "ep", "size", "op", "knobs", *run_ids], rows)
+NOISE_LEGEND = (f"±: the night's spread (half its ranks' range, or its iterations' stdev if larger); "
+                f"{display.MARK}: moved by more than its and the night before's spreads together")
+# At most this many tables (groups of series with the same last nights) are printed.
+MAX_TREND_TABLES = 20
+
+
+def print_trend_table(engine, series: query.SeriesFilter, last: int, runs: Sequence[str] | None = None) -> None:
+    """Each matching series against its own last `last` nights; one table per set of nights."""
+    if last < 1:
+        raise MoecommError("--last must be 1 or more (nights per series)")
+    groups = query.trend_table(engine, series, last, runs)
+    if not groups:
+        raise MoecommError("no series matches (see: moecomm runs, and the views in the README)")
+    for group in groups[:MAX_TREND_TABLES]:
+        headers = display.short_run_ids(group.run_ids)
+        # The quantization and GPU model get columns only where the table's series differ in them.
+        varying = [i for i, name in ((6, "quant"), (7, "gpu")) if len({row[i] for row in group.rows}) > 1]
+        shared = ", ".join(f"{name} {group.rows[0][i]}" for i, name in ((6, "quant"), (7, "gpu"))
+                           if i not in varying and group.rows[0][i])
+        title = (f"median µs across ranks, last {len(group.run_ids)} night(s) of {len(group.rows)} series"
+                 + (f" ({shared})" if shared else "")
+                 + (f"; runs {headers.dropped}" if headers.dropped else "") + f"\n{NOISE_LEGEND}")
+        _table(title, ["backend", "profile", "ep", "size", "op", "knobs",
+                       *({6: "quant", 7: "gpu"}[i] for i in varying), *headers.labels],
+               [(*row[:6], *(row[i] for i in varying),
+                 *(display.with_spread(c.value_us, c.spread_us, c.beyond_noise) for c in row[8:]))
+                for row in group.rows])
+    if len(groups) > MAX_TREND_TABLES:
+        err_console.print(f"{len(groups) - MAX_TREND_TABLES} more table(s) of series with other nights not shown: "
+                          "narrow it down (--backend, --profile, --gpu, ...)")
 
 
 def cmd_table(args: argparse.Namespace) -> int:
@@ -197,17 +247,26 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         stat, rank = args.stat or "median", 0 if args.rank is None else args.rank
         rows = compare.compare_files(Path(args.run_a), Path(args.run_b), stat=stat, rank=rank, kernels=args.kernels)
-        _table(f"A = {args.run_a}, B = {args.run_b}; {stat} of rank {rank}; A / B above 1: B is faster",
+        _table(f"A = {args.run_a}, B = {args.run_b}; {stat} of rank {rank}; A / B above 1: B is faster\n"
+               f"±: the iterations' standard deviation; {display.MARK}: beyond the noise (more than twice the "
+               "standard error of the difference)",
                ["backend", "tokens", "op", "kernel", "A µs", "B µs", "A / B", "noise"], compare.table_rows(rows))
         return EXIT_OK
     if args.kernels or args.stat or args.rank is not None:
         raise MoecommError("--kernels, --stat and --rank compare two output files; for two runs in the database "
                            "see kernel_flat and measurement_flat (README: The SQL interface)")
     rows = query.compare(_engine(), args.run_a, args.run_b)
-    _table(f"A = {args.run_a}, B = {args.run_b}; speedup = A / B (above 1: B is faster)",
-           ["backend", "profile", "ep", "size", "op", "knobs", "A µs", "B µs", "speedup"],
-           [(r.backend, r.profile, r.ep_size, r.local_batch_size, r.op, query.knob_label(r), r.a_us, r.b_us, r.speedup)
-            for r in rows])
+    shown = []
+    for r in rows:
+        spread_a = display.spread_us(r.a_half_rank_range_us, r.a_stdev_us)
+        spread_b = display.spread_us(r.b_half_rank_range_us, r.b_stdev_us)
+        moved = display.beyond_noise(r.a_us, spread_a, r.b_us, spread_b)
+        shown.append((r.backend, r.profile, r.ep_size, r.local_batch_size, r.op, query.knob_label(r),
+                      display.with_spread(r.a_us, spread_a), display.with_spread(r.b_us, spread_b),
+                      None if r.speedup is None else f"{r.speedup:.2f}" + (display.MARK if moved else "")))
+    _table(f"A = {args.run_a}, B = {args.run_b}; speedup = A / B (above 1: B is faster); µs are the median "
+           f"across ranks\n{NOISE_LEGEND.replace('the night before', 'the other run')}",
+           ["backend", "profile", "ep", "size", "op", "knobs", "A µs", "B µs", "speedup"], shown)
     return EXIT_OK
 
 
@@ -227,10 +286,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     if args.notify:
         _print_deliveries(outbox.deliver_due(engine), empty="nothing new, nothing sent" if channels
                           else "no channel configured (README, Configuration)")
+    _print_too_short(alerts.too_short(engine))
     if args.format == "json":
         print(json.dumps([a.as_json() for a in raised], indent=2, default=str))
     else:
-        _table(f"{len(raised)} new alert(s)", ["id", "direction", "change %", "confidence", "backend", "profile", "ep",
+        _table(f"{len(raised)} new alert(s)", ["alert_id", "direction", "change %", "confidence", "backend", "profile", "ep",
                                                 "size", "op", "last good", "first bad", "confirmation"],
                [(a.alert_id, a.direction, a.change_pct, a.confidence, a.backend, a.profile, a.ep_size,
                  a.local_batch_size, a.op, a.last_good_run_id, a.first_bad_run_id, a.confirmation) for a in raised])
@@ -251,6 +311,19 @@ def _print_kernel_changes(listed: Sequence[Alert]) -> None:
                 console.print(f"  {line}", markup=False, soft_wrap=True)
 
 
+def _print_too_short(missing: dict[int, int]) -> None:
+    """Say how many series detection could not test yet, and how many nights they still need."""
+    from moecomm_tasks.detect import nights_before_testing
+
+    if not missing:
+        return
+    groups = sorted(missing.items())
+    shown = ", ".join(f"{series} need {nights} more" for nights, series in groups[:4])
+    more = f", {sum(s for _, s in groups[4:])} need more than {groups[3][0]}" if len(groups) > 4 else ""
+    err_console.print(f"{sum(missing.values())} series are too short to test yet (a series is tested once it has "
+                      f"{nights_before_testing()} nights): {shown}{more} night(s)", markup=False, soft_wrap=True)
+
+
 def _print_deliveries(outcome: dict[str, str], empty: str | None = None) -> None:
     for target, result in outcome.items():
         err_console.print(f"notification {target}: {result}", markup=False, soft_wrap=True)
@@ -263,7 +336,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
     engine = _engine()
     if args.action == "deliveries":
-        _table(None, ["id", "alert", "channel", "digest", "state", "attempts", "next attempt", "delivered",
+        _table(None, ["id", "alert_id", "channel", "digest", "state", "attempts", "next attempt", "delivered",
                       "last error"], outbox.deliveries(engine))
         return EXIT_OK
     if args.action == "list":
@@ -273,18 +346,18 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         if args.format == "json":
             print(json.dumps([a.as_json() for a in listed], indent=2, default=str))
             return EXIT_OK
-        _table(None, ["id", "state", "direction", "change %", "confidence", "backend", "profile", "ep", "size", "op",
+        _table(None, ["alert_id", "state", "direction", "change %", "confidence", "backend", "profile", "ep", "size", "op",
                       "gpu", "last good", "first bad", "note", "confirmation", "bisection"],
                [(a.alert_id, a.state, a.direction, a.change_pct, a.confidence, a.backend, a.profile, a.ep_size,
                  a.local_batch_size, a.op, a.gpu_model, a.last_good_run_id, a.first_bad_run_id, a.state_note,
                  a.confirmation, short(a.bisection_state, a.first_bad_build, a.commit_range)) for a in listed])
         _print_kernel_changes(listed)
         return EXIT_OK
-    if args.id is None:
+    if args.alert_id is None:
         raise MoecommError(f"moecomm alerts {args.action} needs an alert id")
     state = {"ack": AlertState.ACKNOWLEDGED, "resolve": AlertState.RESOLVED, "mute": AlertState.MUTED}[args.action]
-    alerts.set_state(engine, args.id, state, args.note)
-    console.print(f"alert {args.id}: {state}")
+    alerts.set_state(engine, args.alert_id, state, args.note)
+    console.print(f"alert {args.alert_id}: {state}")
     return EXIT_OK
 
 
@@ -298,7 +371,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     channels = list(notify.channels()) if args.notify else []
     decisions = confirm.run_all(engine, matrix, run_id, now, channels, args.notify or run_id)
     _table(f"{len(decisions)} candidate(s) decided (re-runs under run {confirm.recheck_run_id(run_id)})",
-           ["id", "confirmation", "re-run µs", "position", "note"],
+           ["alert_id", "confirmation", "re-run µs", "position", "note"],
            [(d.alert_id, d.confirmation.value, d.value_us, d.position, d.note) for d in decisions])
     if args.notify:
         _print_deliveries(outbox.deliver_due(engine), empty="nothing confirmed, nothing sent" if channels
@@ -384,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("db", help="the database: upgrade (apply migrations), stop or status of the embedded server")
+    p = sub.add_parser("db", help="the database: upgrade (apply migrations), stop or status of the embedded server "
+                                  "(status prints a URL for psql)")
     p.add_argument("action", choices=["upgrade", "stop", "status"])
     p.set_defaults(func=cmd_db)
 
@@ -407,12 +481,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_series_options(p)
     p.set_defaults(func=cmd_trend)
 
-    p = sub.add_parser("table", help="every matching series against the last runs")
+    p = sub.add_parser("table", help="every matching series against its own last nights, each value ± its "
+                                     "within-night spread, * where it moved beyond it")
     _add_series_options(p)
-    p.add_argument("--last", type=_count, default=10)
+    p.add_argument("--last", type=_count, default=10, help="nights per series (default 10)")
     p.set_defaults(func=cmd_table)
 
-    p = sub.add_parser("compare", help="A/B table of two runs, or of two benchmark output files")
+    p = sub.add_parser("compare", help="A/B table of two runs, or of two benchmark output files (each value ± "
+                                       "its spread, * where they differ beyond it)")
     p.add_argument("run_a", help="a run id, or an output file (then run_b is one too)")
     p.add_argument("run_b")
     p.add_argument("--kernels", action="store_true", help="files: also each kernel of the phases")
@@ -420,7 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, help="files: the rank (default 0)")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("detect", help="detect changes in the stored history; print the new alerts")
+    p = sub.add_parser("detect", help="detect changes in the stored history; print the new alerts (and how many "
+                                      "series are still too short to test)")
     p.add_argument("--format", choices=["table", "json"], default="table")
     p.add_argument("--unconfirmed", action="store_true",
                    help="store the new alerts as confirmed without re-running their jobs (and send them with --notify)")
@@ -435,7 +512,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("alerts", help="list alerts, or acknowledge, resolve or mute one; or list the alert "
                                       "digests' deliveries (outbox)")
     p.add_argument("action", choices=["list", "ack", "resolve", "mute", "deliveries"])
-    p.add_argument("id", nargs="?", type=int)
+    p.add_argument("alert_id", nargs="?", type=int)
     p.add_argument("--state", choices=[s.value for s in AlertState], help="with list: only this state")
     p.add_argument("--format", choices=["table", "json"], default="table", help="with list: a table or JSON")
     p.add_argument("--note", help="with ack, resolve or mute: why")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
+from moecomm_tasks import display
 from moecomm_tasks.detect import median_stderr
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.records import OPS, ParsedOutput, Stats
@@ -40,6 +41,7 @@ class Side:
 
     value: float
     stderr: float | None = None
+    spread: float | None = None  # the iterations' standard deviation, as shown beside the value
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def _side(stats: Stats, stat: str, iterations: int) -> Side | None:
         stderr = float(median_stderr([value], [stats.min_us], max(iterations, 2))[0])
     elif stat == "mean" and stats.stdev_us is not None:
         stderr = stats.stdev_us / math.sqrt(max(iterations, 1))
-    return Side(value, stderr)
+    return Side(value, stderr, stats.stdev_us)
 
 
 def _read(path: Path) -> ParsedOutput:
@@ -128,12 +130,15 @@ NAME_CHARS = 64
 
 
 def table_rows(rows: Iterable[Row]) -> list[tuple]:
-    """Rows as the CLI prints them: backend, tokens, phase, kernel (or "total"), A µs, B µs,
-    A / B, noise."""
+    """Rows as the CLI prints them: backend, tokens, phase, kernel (or "total"), A µs and B µs
+    (each ± its iterations' standard deviation where known), A / B (marked when beyond the noise),
+    noise."""
     out = []
     for row in rows:
         noise = {True: "within noise", False: "beyond noise", None: ""}[row.within_noise]
         name = row.item if len(row.item) <= NAME_CHARS else row.item[: NAME_CHARS - 1] + "…"
-        out.append((row.backend, row.local_batch_size, row.phase, name or "total", row.a.value if row.a else None,
-                    row.b.value if row.b else None, row.ratio, noise))
+        ratio = None if row.ratio is None else f"{row.ratio:.2f}" + (display.MARK if row.within_noise is False else "")
+        out.append((row.backend, row.local_batch_size, row.phase, name or "total",
+                    display.with_spread(row.a.value, row.a.spread) if row.a else None,
+                    display.with_spread(row.b.value, row.b.spread) if row.b else None, ratio, noise))
     return out

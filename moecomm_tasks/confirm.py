@@ -76,19 +76,19 @@ def plan(engine: Engine, matrix: Matrix, only: Collection[int] | None = None) ->
     most `max_jobs` jobs."""
     with engine.connect() as conn:
         candidates = conn.execute(sa.text("""
-            SELECT alert_pk, backend, profile, ep_size FROM alert
-            WHERE confirmation = 'candidate' ORDER BY alert_pk""")).all()
+            SELECT alert_id, backend, profile, ep_size FROM alert
+            WHERE confirmation = 'candidate' ORDER BY alert_id""")).all()
     if only is not None:
-        candidates = [c for c in candidates if c.alert_pk in only]
+        candidates = [c for c in candidates if c.alert_id in only]
     jobs = {(j.backend, j.profile, j.ep_size): j for j in matrix.jobs()}
     chosen: dict[tuple, list[int]] = {}
     orphans = []
     for alert in candidates:
         key = (alert.backend, alert.profile, alert.ep_size)
         if key not in jobs:
-            orphans.append(alert.alert_pk)
+            orphans.append(alert.alert_id)
         elif key in chosen or len(chosen) < matrix.confirmation.max_jobs:
-            chosen.setdefault(key, []).append(alert.alert_pk)
+            chosen.setdefault(key, []).append(alert.alert_id)
     return Plan(tuple(Recheck(jobs[key], tuple(ids)) for key, ids in chosen.items()), tuple(orphans))
 
 
@@ -124,7 +124,7 @@ def decide(engine: Engine, matrix: Matrix, run_id: str, deliver_to: Sequence[str
                                       "its job is not in the matrix: it cannot be run again"))
         for item in chosen.rechecks:
             for alert_id in item.alert_ids:
-                alert = conn.execute(sa.text("SELECT * FROM alert WHERE alert_pk = :a"), {"a": alert_id}).one()
+                alert = conn.execute(sa.text("SELECT * FROM alert WHERE alert_id = :a"), {"a": alert_id}).one()
                 series = dict(alert._mapping)
                 value = query.night_value(conn, recheck, series)
                 if value is None:
@@ -143,7 +143,7 @@ def decide(engine: Engine, matrix: Matrix, run_id: str, deliver_to: Sequence[str
             conn.execute(sa.text("""
                 UPDATE alert SET confirmation = :c, confirm_run_id = :run, confirm_value_us = :v,
                        confirm_position = :p, confirm_note = :note, confirmed_at = now(), updated_at = now()
-                WHERE alert_pk = :a AND confirmation = 'candidate'"""),
+                WHERE alert_id = :a AND confirmation = 'candidate'"""),
                 {"c": d.confirmation.value, "run": recheck if d.value_us is not None else None, "v": d.value_us,
                  "p": d.position, "note": d.note, "a": d.alert_id})
         outbox.enqueue(conn, [d.alert_id for d in decisions if d.confirmation is Confirmation.CONFIRMED],

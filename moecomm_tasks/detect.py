@@ -264,3 +264,12 @@ def detect_group(members: dict, params: Params = Params()) -> dict:
     """The changes of every member of a group of series measured in the same runs (one job's
     sizes and ops: they share each night's noise), keyed as `members` is."""
     return {key: detect(m.values, m.stderr, params, m.shape, m.start, m.first_test) for key, m in members.items()}
+
+
+def nights_before_testing(params: Params = Params()) -> int:
+    """How many nights a series needs before `detect` tests any of them: the first bad night of
+    a change must have `min_history` nights (and `min_baseline` of baseline) before it, and the
+    shortest window is two nights, so the first tested night is the series' night number
+    max(min_history, min_baseline) + 2. A series with fewer nights is never tested (and a
+    change that moves every night far from the baseline needs one more night: `detect`)."""
+    return max(params.min_history, params.min_baseline) + 2

@@ -42,7 +42,7 @@ class AlertKind(StrEnum):
 
 @dataclass(frozen=True)
 class Alert:
-    """One alert as stored (table `alert`; its id is `alert_id` here, the column `alert_pk`).
+    """One alert as stored (table `alert`, whose id column is `alert_id` too).
 
     A level alert has a change %, a confidence and the levels before and after; a kernels alert
     has none of them (None) and `kernel_diff` instead. The fields after `confirmation` are those
@@ -87,10 +87,9 @@ class Alert:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Alert:
-        """An alert from a row of `alert` (`alert_pk` or `alert_id` as its id); columns it does
-        not know are ignored, those missing keep their defaults."""
+        """An alert from a row of `alert`; columns it does not know are ignored, those missing
+        keep their defaults."""
         values = {k: row[k] for k in cls.__dataclass_fields__ if k in row}
-        values["alert_id"] = row["alert_id"] if "alert_id" in row else row["alert_pk"]
         values["kind"] = AlertKind(row.get("kind", AlertKind.LEVEL))
         values["direction"] = Direction(row["direction"])
         for name, enum in (("confirmation", Confirmation), ("state", AlertState)):

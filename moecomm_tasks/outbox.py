@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 RETRY_CAP_S = 6 * 3600
 LISTED = 200
-ALERT_COLUMNS = """alert_pk AS alert_id, kind, backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model,
+ALERT_COLUMNS = """alert_id, kind, backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model,
                    cuda_graph, pdl, perfect_router, payload_in_workspace, low_precision_combine, timing_method,
                    direction, change_pct, confidence, baseline_us, after_us, last_good_run_id, first_bad_run_id,
                    provenance_diff, kernel_diff, confirmation, state"""
@@ -61,7 +61,7 @@ def enqueue(conn: sa.Connection, alert_ids: Iterable[int], channels: Iterable[Ch
     if not rows:
         return 0
     return conn.execute(sa.text("""
-        INSERT INTO alert_delivery (alert_pk, channel, digest) VALUES (:alert, :channel, :digest)
+        INSERT INTO alert_delivery (alert_id, channel, digest) VALUES (:alert, :channel, :digest)
         ON CONFLICT ON CONSTRAINT alert_delivery_once DO NOTHING"""), rows).rowcount
 
 
@@ -78,13 +78,13 @@ def _claim(engine: Engine, now: datetime | None, retry_s: int, max_attempts: int
             SET attempts = d.attempts + 1, last_attempt_at = clock.t,
                 next_attempt_at = clock.t + make_interval(secs => LEAST(:retry * power(2, d.attempts), :cap))
             FROM due, clock WHERE d.delivery_pk = due.delivery_pk
-            RETURNING d.delivery_pk, d.alert_pk, d.channel, d.digest, d.attempts"""),
+            RETURNING d.delivery_pk, d.alert_id, d.channel, d.digest, d.attempts"""),
             {"now": now, "max": max_attempts, "retry": retry_s, "cap": RETRY_CAP_S}).all()
 
 
 def _alerts(engine: Engine, alert_ids: list[int]) -> dict[int, Alert]:
     with engine.connect() as conn:
-        rows = conn.execute(sa.text(f"SELECT {ALERT_COLUMNS} FROM alert WHERE alert_pk = ANY(:ids)"),
+        rows = conn.execute(sa.text(f"SELECT {ALERT_COLUMNS} FROM alert WHERE alert_id = ANY(:ids)"),
                             {"ids": alert_ids}).all()
     return {row.alert_id: Alert.from_row(row._mapping) for row in rows}
 
@@ -111,7 +111,7 @@ def deliver_due(engine: Engine, env: Mapping[str, str] | None = None, now: datet
     if not claimed:
         return {}
     senders = notify.channels(env)
-    alerts = _alerts(engine, sorted({row.alert_pk for row in claimed}))
+    alerts = _alerts(engine, sorted({row.alert_id for row in claimed}))
     batches: dict[tuple[str, str], list[sa.Row]] = defaultdict(list)
     for row in claimed:
         batches[(row.channel, row.digest)].append(row)
@@ -119,7 +119,7 @@ def deliver_due(engine: Engine, env: Mapping[str, str] | None = None, now: datet
     with shown_sql(engine) as shown:
         for (channel_name, digest_title), rows in sorted(batches.items()):
             channel = Channel(channel_name)
-            members = [alerts[row.alert_pk] for row in rows if row.alert_pk in alerts]
+            members = [alerts[row.alert_id] for row in rows if row.alert_id in alerts]
             attempt = max(row.attempts for row in rows)
             error = None
             try:
@@ -143,7 +143,7 @@ def deliveries(engine: Engine, env: Mapping[str, str] | None = None) -> list[sa.
     max_attempts = _setting(env, "MOECOMM_DELIVERY_MAX_ATTEMPTS", 8)
     with engine.connect() as conn:
         return list(conn.execute(sa.text("""
-            SELECT delivery_pk AS id, alert_pk AS alert, channel, digest,
+            SELECT delivery_pk AS id, alert_id, channel, digest,
                    CASE WHEN delivered_at IS NOT NULL THEN :delivered
                         WHEN attempts >= :max THEN :given_up ELSE :pending END AS state,
                    attempts, CASE WHEN delivered_at IS NULL AND attempts < :max THEN next_attempt_at END AS next_attempt,

@@ -6,13 +6,14 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import psycopg2
 import sqlalchemy as sa
 from psycopg2 import sql
 from sqlalchemy.engine import Engine
 
+from moecomm_tasks import display
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.knobs import KNOB_FIELDS
 from moecomm_tasks.series import SERIES_KEY
@@ -150,30 +151,83 @@ def knob_label(row: object) -> str:
     return " ".join([row.timing_method, *on])
 
 
-def trend_table(engine: Engine, series: SeriesFilter, last: int = 10) -> tuple[list[str], list[tuple]]:
-    """Every matching series against the last `last` runs: (run ids, rows of key + knobs + median
-    µs per run)."""
+@dataclass(frozen=True)
+class Cell:
+    """One series' value on one night (median µs across ranks), its within-night spread, and
+    whether it moved beyond the noise from the series' night before (`display`)."""
+
+    value_us: float | None
+    spread_us: float | None = None
+    beyond_noise: bool | None = None
+
+
+@dataclass(frozen=True)
+class TrendGroup:
+    """Series whose last nights are the same runs: one table, a column per run (oldest first) and
+    a row per series (key + knobs + one Cell per run)."""
+
+    run_ids: tuple[str, ...]
+    rows: list[tuple]
+
+
+# The spread of a night (display.spread_us) as SQL: half the ranks' range and the iterations' stdev.
+_SPREAD_COLUMNS = ("CASE WHEN n_ranks > 1 THEN (slowest_rank_us - fastest_rank_us) / 2 END AS half_rank_range_us, "
+                   "within_night_stdev_us")
+
+
+def trend_table(engine: Engine, series: SeriesFilter, last: int = 10,
+                runs: Sequence[str] | None = None) -> list[TrendGroup]:
+    """Every matching series against its own last `last` nights (of `runs` only, when given), not
+    the last runs of the whole database: another job's or another machine's nights never push a
+    series out of its table. Series whose last nights are the same runs share a table; each cell
+    carries its spread and whether it moved beyond the noise from that series' night before."""
     where, params = series.where()
+    if runs is not None:
+        where += " AND run_id = ANY(:runs)"
+        params["runs"] = list(runs)
     with engine.connect() as conn:
-        run_ids = [r for (r,) in conn.execute(sa.text(
-            "SELECT run_id FROM run WHERE kind = 'nightly' ORDER BY run_at DESC, run_id DESC LIMIT :n"),
-            {"n": last})][::-1]
-        params["runs"] = run_ids
+        # First which nights: each series' last `last` + 1 (one more to judge the first column's move);
+        # then those nights' values.
+        wanted = [r for (r,) in conn.execute(sa.text(f"""
+            SELECT DISTINCT run_id FROM (
+                SELECT run_id, row_number() OVER (PARTITION BY series_pk ORDER BY run_at DESC, run_id DESC) AS age
+                FROM nightly_series WHERE {where}) n
+            WHERE age <= :n + 1"""), {**params, "n": last})]
         rows = conn.execute(sa.text(f"""
-            SELECT backend, profile, ep_size, local_batch_size, op, run_id, median_us, {', '.join(KNOB_FIELDS)}
-            FROM nightly_series WHERE {where} AND run_id = ANY(:runs)
-            ORDER BY profile, ep_size, backend, local_batch_size, op, {', '.join(KNOB_FIELDS)}
-        """), params).all()
-    table: dict[tuple, dict[str, float]] = {}
+            SELECT backend, profile, ep_size, local_batch_size, op, COALESCE(quant_algo, '') AS quant_algo,
+                   COALESCE(gpu_model, '') AS gpu_model, {', '.join(KNOB_FIELDS)}, run_id, run_at, median_us,
+                   {_SPREAD_COLUMNS}
+            FROM nightly_series WHERE {where} AND run_id = ANY(:wanted)
+            ORDER BY profile, ep_size, backend, local_batch_size, op, quant_algo, gpu_model,
+                     {', '.join(KNOB_FIELDS)}, run_at, run_id
+        """), {**params, "wanted": wanted}).all()
+    nights: dict[tuple, list[sa.Row]] = {}
     for row in rows:
-        key = (row.backend, row.profile, row.ep_size, row.local_batch_size, row.op, knob_label(row))
-        table.setdefault(key, {})[row.run_id] = row.median_us
-    return run_ids, [key + tuple(vals.get(r) for r in run_ids) for key, vals in table.items()]
+        nights.setdefault((row.backend, row.profile, row.ep_size, row.local_batch_size, row.op, knob_label(row),
+                           row.quant_algo, row.gpu_model), []).append(row)
+    # A night wanted by another series may be older than this series' own last ones: keep its own.
+    nights = {key: points[-(last + 1):] for key, points in nights.items()}
+    groups: dict[tuple[str, ...], list[tuple]] = {}
+    for series_key, points in nights.items():
+        shown = points[-last:] if last else []
+        if not shown:
+            continue
+        cells = []
+        for index, point in enumerate(points[len(points) - len(shown):], start=len(points) - len(shown)):
+            spread = display.spread_us(point.half_rank_range_us, point.within_night_stdev_us)
+            before = points[index - 1] if index > 0 else None
+            moved = None if before is None else display.beyond_noise(
+                point.median_us, spread, before.median_us,
+                display.spread_us(before.half_rank_range_us, before.within_night_stdev_us))
+            cells.append(Cell(point.median_us, spread, moved))
+        groups.setdefault(tuple(p.run_id for p in shown), []).append(series_key + tuple(cells))
+    return [TrendGroup(run_ids, members) for run_ids, members in groups.items()]
 
 
 def compare(engine: Engine, run_a: str, run_b: str) -> list[sa.Row]:
-    """Per series (backend, profile, EP size, size, op, knobs): both runs' median-across-ranks and
-    the speedup.
+    """Per series (backend, profile, EP size, size, op, knobs): both runs' median-across-ranks, the
+    speedup, and what each night's spread is made of (`display.spread_us`: half its ranks' range,
+    its iterations' stdev).
 
     `speedup` is A / B: above 1, run B is faster. Series present in only one run are listed with
     the other side empty.
@@ -198,7 +252,11 @@ def compare(engine: Engine, run_a: str, run_b: str) -> list[sa.Row]:
                    COALESCE(a.payload_in_workspace, b.payload_in_workspace) AS payload_in_workspace,
                    COALESCE(a.low_precision_combine, b.low_precision_combine) AS low_precision_combine,
                    a.median_us AS a_us, b.median_us AS b_us,
-                   a.median_us / NULLIF(b.median_us, 0) AS speedup
+                   a.median_us / NULLIF(b.median_us, 0) AS speedup,
+                   CASE WHEN a.n_ranks > 1 THEN (a.slowest_rank_us - a.fastest_rank_us) / 2 END AS a_half_rank_range_us,
+                   a.within_night_stdev_us AS a_stdev_us,
+                   CASE WHEN b.n_ranks > 1 THEN (b.slowest_rank_us - b.fastest_rank_us) / 2 END AS b_half_rank_range_us,
+                   b.within_night_stdev_us AS b_stdev_us
             FROM a FULL JOIN b
               ON (a.backend, a.profile, a.ep_size, COALESCE(a.quant_algo, ''), a.local_batch_size, a.op,
                   a.cuda_graph, a.pdl, a.perfect_router, a.payload_in_workspace, a.low_precision_combine,

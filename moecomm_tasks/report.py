@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import statistics
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from moecomm_tasks import display
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.knobs import KNOB_FIELDS
 from moecomm_tasks.names import safe_name
@@ -44,6 +46,24 @@ class Point:
     run_id: str
     run_at: Any
     value: float
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One series in the report's table: this night's value and the baseline, each with its
+    within-night spread, the change, and whether it goes beyond both spreads (`display`)."""
+
+    profile: str
+    ep_size: int
+    backend: str
+    size: int
+    op: str
+    value_us: float
+    spread_us: float | None
+    baseline_us: float | None
+    baseline_spread_us: float | None
+    change_pct: float | None
+    beyond_noise: bool
 
 
 def _latest_run(conn: sa.Connection) -> str:
@@ -103,18 +123,6 @@ def _label(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def _log_axis(axis) -> None:
-    """A log-scale axis labelled with plain numbers: the default labels are mathtext (10^n), whose
-    parsing dominated the report's time, and its minor ticks get no label."""
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    axis.axes.set_xscale("log", base=2) if axis is axis.axes.xaxis else axis.axes.set_yscale("log")
-    formatter = ScalarFormatter()
-    formatter.set_scientific(False)
-    axis.set_major_formatter(formatter)
-    axis.set_minor_formatter(NullFormatter())
-
-
 def _date_axis(axis, nights: list) -> None:
     """Nights on a date axis: a few ticks, concise labels (cheaper than rotating many). Nights
     loaded within an hour (or one night) are ticked where they are: matplotlib's date locators
@@ -129,6 +137,50 @@ def _date_axis(axis, nights: list) -> None:
     locator = AutoDateLocator(minticks=2, maxticks=5)
     axis.set_major_locator(locator)
     axis.set_major_formatter(ConciseDateFormatter(locator))
+
+
+# A plot's title wraps at this many characters (figures are 6.4 inches wide, titles 9 points);
+# past two lines it is set smaller still, so that it never runs off the figure.
+TITLE_CHARS = 72
+
+
+def _title(ax, text: str) -> None:
+    lines = textwrap.wrap(_label(text), TITLE_CHARS, break_on_hyphens=False) or [""]
+    ax.set_title("\n".join(lines), fontsize=9 if len(lines) <= 2 else 7.5, y=1.0, pad=4)
+
+
+def _token_axis(ax, sizes: list[int]) -> None:
+    """A log2 token axis labelled with the sizes themselves (32, 64, 128), not powers of two."""
+    from matplotlib.ticker import FixedLocator, FixedFormatter, NullLocator
+
+    ticks = sorted(set(sizes))
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(FixedFormatter([str(t) for t in ticks]))
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def _us_axis(ax) -> None:
+    """A log µs axis labelled in plain numbers (20, 50, 100, 200), not 2×10^1."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _spreads(conn: sa.Connection, run_ids: list[str]) -> dict[tuple, float | None]:
+    """Each night's within-night spread (`display.spread_us`) for the nights `run_ids`, keyed as
+    the history is, with the run id in front; read from the same view as the history."""
+    rows = conn.execute(sa.text(f"""
+        SELECT run_id, backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
+               COALESCE(gpu_model, '') AS gpu_model, {KNOBS},
+               CASE WHEN n_ranks > 1 THEN (slowest_rank_us - fastest_rank_us) / 2 END AS half_rank_range_us,
+               within_night_stdev_us
+        FROM nightly_series WHERE run_id = ANY(:runs) AND NOT excluded"""), {"runs": run_ids}).all()
+    return {(r.run_id, r.profile, r.ep_size, r.backend, r.op, r.local_batch_size, r.quant_algo, r.gpu_model,
+             knob_label(r)): display.spread_us(r.half_rank_range_us, r.within_night_stdev_us) for r in rows}
 
 
 def _slug(*parts: Any) -> str:
@@ -155,6 +207,8 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         if run is None:
             raise MoecommError(f"no run {run_id!r} (see: moecomm runs)")
         history = _history(conn, run_id)
+        spreads = _spreads(conn, sorted({p.run_id for points in history.values()
+                                         for p in points[-BASELINE_NIGHTS - 1:]}))
         alert_title, alerts = _alerts(conn, run_id)
         alert_points = [(a, _alert_series(conn, a)) for a in alerts]
 
@@ -177,10 +231,10 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
             xs = [p.run_at for p in points]
             line, = ax.plot(xs, [p.value for p in points], marker=".", label=f"{size} tokens")
             ax.plot([xs[-1]], [points[-1].value], marker="o", markersize=8, color=line.get_color())
-        _log_axis(ax.yaxis)
+        _us_axis(ax)
         _date_axis(ax.xaxis, [p.run_at for q in by_size.values() for p in q])
         ax.set_ylabel("slowest rank, µs")
-        ax.set_title(_label(f"{profile} EP{ep} {backend} {op}"), fontsize=10, y=1.0, pad=4)
+        _title(ax, f"{profile} EP{ep} {backend} {op}")
         ax.legend(fontsize=7, ncol=2)
         save(fig, "history", f"history_{_slug(profile, ep, backend, op)}.png",
              f"{profile}, EP {ep}, {backend}, {op}: the last {HISTORY_NIGHTS} nights (large dot: this night)")
@@ -197,13 +251,12 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         ax.axhline(alert.baseline_us, color="grey", linestyle=":", label=f"baseline {alert.baseline_us:.1f} µs")
         ax.axhline(alert.after_us, color="red", linestyle=":", label=f"after {alert.after_us:.1f} µs")
         ax.set_ylabel("slowest rank, µs")
-        ax.set_title(_label(f"#{alert.alert_pk} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} "
-                            f"{alert.profile} EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}"), fontsize=9,
-                     y=1.0, pad=4)
+        _title(ax, f"#{alert.alert_id} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} "
+                   f"{alert.profile} EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}")
         ax.legend(fontsize=7)
         _date_axis(ax.xaxis, [p.run_at for p in window])
-        save(fig, "alerts", f"alert_{alert.alert_pk}.png",
-             f"alert #{alert.alert_pk} ({alert.state}): {alert.change_pct:+.2f}%, confidence {alert.confidence:.4f}, "
+        save(fig, "alerts", f"alert_{alert.alert_id}.png",
+             f"alert #{alert.alert_id} ({alert.state}): {alert.change_pct:+.2f}%, confidence {alert.confidence:.4f}, "
              f"last good {alert.last_good_run_id}, first bad {alert.first_bad_run_id}")
 
     # The backend comparison on this night.
@@ -216,57 +269,82 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         for backend, values in sorted(by_backend.items()):
             values.sort()
             ax.plot([v[0] for v in values], [v[1] for v in values], marker="o", label=_label(backend))
-        _log_axis(ax.xaxis)
-        _log_axis(ax.yaxis)
+        _token_axis(ax, [v[0] for values in by_backend.values() for v in values])
+        _us_axis(ax)
         ax.set_xlabel("tokens per rank")
         ax.set_ylabel("slowest rank, µs")
-        ax.set_title(_label(f"{profile} EP{ep} {op}: backends on {run_id}"), fontsize=10, y=1.0, pad=4)
+        _title(ax, f"{profile} EP{ep} {op}: backends on {run_id}")
         ax.legend(fontsize=7)
         save(fig, "backends", f"backends_{_slug(profile, ep, op)}.png",
              f"{profile}, EP {ep}, {op}: every backend against token count, this night")
 
     table = []
-    for (profile, ep, backend, op, size, _quant, _gpu, knobs), points in history.items():
+    for key, points in history.items():
         if points[-1].run_id != run_id:
             continue
-        backend = f"{backend} [{knobs}]"
+        profile, ep, backend, op, size, _quant, _gpu, knobs = key
         base = _baseline(points)
         change = None if base is None else 100.0 * (points[-1].value - base) / base
-        table.append((profile, ep, backend, size, op, points[-1].value, base, change))
-    table.sort(key=lambda r: -(r[7] if r[7] is not None else float("-inf")))
+        spread = spreads.get((run_id, *key))
+        # The baseline's spread: the typical (median) spread of the nights it is made of.
+        known = [v for p in points[:-1][-BASELINE_NIGHTS:] if (v := spreads.get((p.run_id, *key))) is not None]
+        base_spread = statistics.median(known) if known else None
+        marked = display.beyond_noise(points[-1].value, spread, base, base_spread)
+        table.append(ReportRow(profile, ep, f"{backend} [{knobs}]", size, op, points[-1].value, spread, base,
+                               base_spread, change, bool(marked)))
+    table.sort(key=lambda r: -(r.change_pct if r.change_pct is not None else float("-inf")))
 
     index = out / "index.html"
     index.write_text(_page(run_id, str(run.run_at), table, images, alert_title, len(alerts)), encoding="utf-8")
     return index
 
 
-def _page(run_id: str, run_at: str, table: list[tuple], images: dict, alert_title: str, n_alerts: int) -> str:
+def _page(run_id: str, run_at: str, table: list[ReportRow], images: dict, alert_title: str, n_alerts: int) -> str:
     e = html.escape
 
     def figures(section: str) -> str:
         if not images[section]:
             return "<p>None.</p>"
-        return "\n".join(f'<figure><img src="{e(name)}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption></figure>'
-                         for name, caption in images[section])
+        return '<div class="figures">\n' + "\n".join(
+            f'<figure><img src="{e(name)}" alt="{e(caption)}"><figcaption>{e(caption)}</figcaption></figure>'
+            for name, caption in images[section]) + "\n</div>"
 
     def fmt(value: float | None, pattern: str) -> str:
         return "–" if value is None else pattern.format(value)
 
+    def spread(value: float | None) -> str:
+        return "" if value is None else f' <span class="spread">±{value:.2f}</span>'
+
     rows = "\n".join(
-        f"<tr><td>{e(p)}</td><td>{ep}</td><td>{e(b)}</td><td>{size}</td><td>{e(op)}</td>"
-        f"<td>{v:.2f}</td><td>{fmt(base, '{:.2f}')}</td><td>{fmt(ch, '{:+.1f}%')}</td></tr>"
-        for p, ep, b, size, op, v, base, ch in table)
+        f'<tr{" class=moved" if r.beyond_noise else ""}><td>{e(r.profile)}</td><td>{r.ep_size}</td>'
+        f"<td>{e(r.backend)}</td><td>{r.size}</td><td>{e(r.op)}</td>"
+        f"<td>{r.value_us:.2f}{spread(r.spread_us)}</td>"
+        f"<td>{fmt(r.baseline_us, '{:.2f}')}{spread(r.baseline_spread_us)}</td>"
+        f"<td>{fmt(r.change_pct, '{:+.1f}%')}{display.MARK if r.beyond_noise else ''}</td></tr>"
+        for r in table)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>moecomm nightly report: {e(run_id)}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 1100px; }}
-table {{ border-collapse: collapse; font-size: 0.85em; }} td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
-figure {{ display: inline-block; margin: 0.5em; }} figcaption {{ font-size: 0.8em; color: #444; max-width: 580px; }}
+body {{ font-family: sans-serif; margin: 1em 2vw; }}
+h1, h2, p {{ overflow-wrap: anywhere; }}
+table {{ border-collapse: collapse; font-size: 0.85em; width: 100%; }}
+td, th {{ border: 1px solid #ccc; padding: 2px 6px; text-align: right; }}
+td:nth-child(-n+5), th:nth-child(-n+5) {{ text-align: left; }}
+tr.moved td {{ font-weight: bold; background: #fff4e0; }}
+.spread {{ color: #666; font-size: 0.9em; }}
+.figures {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 560px), 1fr)); gap: 1em; }}
+figure {{ margin: 0; }}
+figure img {{ width: 100%; height: auto; }}
+figcaption {{ font-size: 0.8em; color: #444; }}
 </style></head><body>
 <h1>moecomm nightly report</h1>
 <p>Run <b>{e(run_id)}</b> at {e(run_at)}. Times are the slowest rank's (its median iteration where
 the run had <code>--iter_stats</code>, else its mean), in µs; the baseline is the median of up to
-{BASELINE_NIGHTS} earlier nights.</p>
+{BASELINE_NIGHTS} earlier nights. ± is a night's spread (half its ranks' range, or its iterations'
+standard deviation if larger; for the baseline, the median of its nights' spreads); a change
+marked {display.MARK} (and in bold) is larger than this night's and the baseline's spreads
+together.</p>
 <h2>Alerts {e(alert_title)}: {n_alerts}</h2>
 {figures("alerts")}
 <h2>This night against its history</h2>

@@ -82,7 +82,7 @@ def alert_between(engine, good_build: str, bad_build: str, change_pct: float = 1
                                detected_run_id, confirmation)
             VALUES (:backend, :profile, :ep_size, :quant_algo, :local_batch_size, :op, :gpu_model, :cuda_graph, :pdl,
                     :perfect_router, :payload_in_workspace, :low_precision_combine, :timing_method, :direction, :change,
-                    0.999, 540.0, :after, :good, :bad, :detected, 'confirmed') RETURNING alert_pk"""),
+                    0.999, 540.0, :after, :good, :bad, :detected, 'confirmed') RETURNING alert_id"""),
             {**SERIES, "direction": direction, "change": change_pct, "after": 540.0 * (1 + change_pct / 100),
              "good": good_run, "bad": bad_run, "detected": detected or bad_run}).scalar_one()
 
@@ -206,7 +206,7 @@ def test_no_build_differs_ends_inconclusive_through_the_dag(engine, database_url
         str(tmp_path / "airflow"), str(matrix), str(improvement)], capture_output=True, text=True, timeout=300, env=env)
     assert direct.stdout.strip().splitlines()[-1] == "failed", direct.stdout[-2000:] + direct.stderr[-2000:]
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT count(*) FROM bisection WHERE alert_pk = :a"), {"a": improvement}).scalar() == 0
+        assert conn.execute(sa.text("SELECT count(*) FROM bisection WHERE alert_id = :a"), {"a": improvement}).scalar() == 0
     assert len([r for r in received if r.get("alert_id") == improvement]) == 0
 
     listed = subprocess.run([moecomm, "alerts", "list"], capture_output=True, text=True, timeout=120, env=env)
@@ -259,8 +259,8 @@ def test_eligible_alerts_are_new_regressions_with_builds_between(engine):
                                detected_run_id)
             SELECT backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model, cuda_graph, pdl,
                    perfect_router, payload_in_workspace, low_precision_combine, timing_method, direction, change_pct,
-                   confidence, baseline_us, after_us, 'same-1', 'same-2', 'same-2' FROM alert WHERE alert_pk = :a
-            RETURNING alert_pk"""), {"a": between}).scalar_one()
+                   confidence, baseline_us, after_us, 'same-1', 'same-2', 'same-2' FROM alert WHERE alert_id = :a
+            RETURNING alert_id"""), {"a": between}).scalar_one()
     with pytest.raises(bisection.BisectionError, match="both nights ran build b6"):
         bisection.plan(engine, matrix, same)
     with engine.connect() as conn:  # the build is part of each night's provenance
@@ -268,7 +268,7 @@ def test_eligible_alerts_are_new_regressions_with_builds_between(engine):
             == ("b6", "c06")
     # Bisected once, never handed over again.
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO bisection (alert_pk, requested_by, good_build, bad_build, builds, max_probes, "
+        conn.execute(sa.text("INSERT INTO bisection (alert_id, requested_by, good_build, bad_build, builds, max_probes, "
                              "settings) VALUES (:a, 'x', 'b1', 'b8', '[]', 4, '{}')"), {"a": between})
     assert bisection.eligible(engine, matrix, "night-b8") == []
     with pytest.raises(bisection.BisectionError, match="is being bisected already"):
@@ -306,7 +306,7 @@ def test_the_follow_up_reaches_every_channel_of_the_digest(engine, smtp_inbox, h
     alert_id = alert_between(engine, "b1", "b8")
     with engine.begin() as conn:
         bisection_id = conn.execute(sa.text("""
-            INSERT INTO bisection (alert_pk, requested_by, state, good_build, bad_build, builds, last_good_build,
+            INSERT INTO bisection (alert_id, requested_by, state, good_build, bad_build, builds, last_good_build,
                                    first_bad_build, last_good_commit, first_bad_commit, probes, max_probes, reason,
                                    settings, finished_at)
             VALUES (:a, 'manual__2026-11-02', 'culprit', 'b1', 'b8', CAST(:builds AS jsonb), 'b4', 'b5', 'c04', 'c05',

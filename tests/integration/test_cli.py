@@ -59,9 +59,12 @@ def test_runs_trend_and_compare(cli_env, data_dir, capsys):
     rows = [line.split() for line in capsys.readouterr().out.splitlines()]
     # The seed version's knobs: torch.profiler timing, every knob off.
     nvl_768 = [r for r in rows if r[:5] == ["NVLINK_ONE_SIDED", "deepseek_v3", "2", "768", "combine"]]
-    assert nvl_768 == [["NVLINK_ONE_SIDED", "deepseek_v3", "2", "768", "combine", "profiler", "289.15", "-", "-"]]
+    assert nvl_768 == [["NVLINK_ONE_SIDED", "deepseek_v3", "2", "768", "combine", "profiler", "289.15", "±1.15",
+                        "-", "-"]]
     same = [r for r in rows if r[:5] == ["ALLGATHER", "deepseek_v3", "2", "640", "dispatch"]]
-    assert same == [["ALLGATHER", "deepseek_v3", "2", "640", "dispatch", "profiler", "299.88", "299.88", "1.00"]]
+    # Each value with its spread (half the two ranks' range); the same night twice is within it: no mark.
+    assert same == [["ALLGATHER", "deepseek_v3", "2", "640", "dispatch", "profiler", "299.88", "±1.62", "299.88",
+                     "±1.62", "1.00"]]
     assert main(["compare", "n1", "nope"]) == 3
 
 

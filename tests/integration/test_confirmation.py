@@ -54,7 +54,7 @@ def test_a_lasting_slowdown_is_confirmed_and_a_one_off_is_not(engine, tmp_path, 
 
     # The same candidates again, the slowdown still there at the re-run: confirmed and sent.
     with engine.begin() as conn:
-        conn.execute(sa.text("UPDATE alert SET confirmation = 'candidate' WHERE alert_pk = ANY(:ids)"),
+        conn.execute(sa.text("UPDATE alert SET confirmation = 'candidate' WHERE alert_id = ANY(:ids)"),
                      {"ids": [d.alert_id for d in gone]})
     lasting = confirm.run_all(engine, demo.regression_matrix(demo.REGRESSION_PASSES), "lasting", NOW,
                               ["webhook"], "lasting", artifacts_in=tmp_path)

@@ -183,6 +183,8 @@ def test_nightly_run_end_to_end_with_a_crash_and_a_hang(tmp_path, database_url, 
     first = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     assert "DAG run manual__2026-11-20T02:00:00+00:00: failed" in first.stdout
+    # What a new user reads carries no deprecation warning (demo.THIRD_PARTY_WARNING says which one is left out).
+    assert "deprecat" not in (first.stdout + first.stderr).lower(), first.stderr[-3000:]
 
     with engine.connect() as conn:
         jobs = {(r.profile, r.requested_backend): r for r in conn.execute(sa.text("SELECT * FROM job_summary"))}

@@ -78,9 +78,9 @@ def test_a_changed_kernel_set_raises_one_alert_with_the_difference(engine):
     }
     with engine.connect() as conn:
         stored = conn.execute(sa.text(
-            "SELECT kind, direction, confirmation, kernel_diff FROM alert WHERE alert_pk = :id"),
+            "SELECT kind, direction, confirmation, kernel_diff FROM alert WHERE alert_id = :id"),
             {"id": alert.alert_id}).one()
-        queued = conn.execute(sa.text("SELECT channel FROM alert_delivery WHERE alert_pk = :id"),
+        queued = conn.execute(sa.text("SELECT channel FROM alert_delivery WHERE alert_id = :id"),
                               {"id": alert.alert_id}).scalars().all()
     assert tuple(stored[:3]) == ("kernels", "change", "confirmed") and stored.kernel_diff == alert.kernel_diff
     assert queued == ["webhook"]  # exact, so queued at once, unlike a level candidate

@@ -29,7 +29,7 @@ def webhook(request):
 def delivery_rows(engine) -> list:
     with engine.connect() as conn:
         return conn.execute(sa.text(
-            "SELECT alert_pk, channel, digest, attempts, last_error, delivered_at, next_attempt_at > now() AS later "
+            "SELECT alert_id, channel, digest, attempts, last_error, delivered_at, next_attempt_at > now() AS later "
             "FROM alert_delivery ORDER BY delivery_pk")).all()
 
 

@@ -27,10 +27,14 @@ def _open(page_path: Path, screenshot: Path) -> dict:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(page_path.resolve().as_uri(), wait_until="load", timeout=60_000)
             images = page.evaluate("Array.from(document.images).map(i => ({src: i.getAttribute('src'), "
-                                   "ok: i.complete && i.naturalWidth > 0}))")
+                                   "ok: i.complete && i.naturalWidth > 0, top: i.getBoundingClientRect().top, "
+                                   "width: i.getBoundingClientRect().width}))")
+            layout = page.evaluate("({page: document.documentElement.clientWidth, "
+                                   "scroll: document.documentElement.scrollWidth, "
+                                   "table: document.querySelector('table').getBoundingClientRect().width})")
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
-            return {"title": page.title(), "images": images, "text": page.inner_text("body")}
+            return {"title": page.title(), "images": images, "text": page.inner_text("body"), "layout": layout}
         finally:
             browser.close()
 
@@ -50,11 +54,44 @@ def test_report_opens_in_a_browser_with_every_image(engine, weeks_of_nights, tmp
     assert sum(s.startswith("alert_") for s in sources) >= 1
     assert "TORCH_ALLTOALL" in seen["text"] and "+12" in seen["text"]  # the regressed series leads the table
     assert (ARTIFACTS / "report.png").stat().st_size > 10_000
+    # The page's width is used: the table spans it, plots sit side by side, nothing scrolls sideways.
+    layout = seen["layout"]
+    assert layout["table"] > 0.9 * layout["page"] and layout["scroll"] <= layout["page"], layout
+    history = [i for i in seen["images"] if i["src"].startswith("history_")]
+    assert history[0]["top"] == history[1]["top"] and history[0]["width"] > 500, history[:2]
+    # Each value with its spread; four nights after the step every baseline has caught up: nothing marked.
+    assert "±" in seen["text"]
+    assert not [line for line in seen["text"].splitlines() if line.rstrip().endswith("%*")]
+
+
+def test_report_plots_label_token_axes_with_the_sizes_and_fit_their_titles():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    ax.plot([32, 64, 128], [1.0, 2.0, 3.0])
+    report._token_axis(ax, [64, 32, 128, 64])
+    long_name = "NVLINK_TWO_SIDED_WITH_A_VERY_LONG_BACKEND_NAME [cuda_graph_kernel_spans graph pdl pr piw lpc]"
+    report._title(ax, f"deepseek_v3 EP16 {long_name} combine: backends on scheduled__2026-12-01T02:00:00+00:00")
+    fig.tight_layout()
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["32", "64", "128"]
+    title = ax.title.get_window_extent(fig.canvas.get_renderer())
+    figure = fig.bbox
+    assert title.x0 >= figure.x0 and title.x1 <= figure.x1 and title.y1 <= figure.y1, (title, figure)
+    plt.close(fig)
 
 
 def test_report_of_an_earlier_run_and_errors(engine, weeks_of_nights, tmp_path, database_url, monkeypatch):
     index = report.write_report(engine, tmp_path / "early", weeks_of_nights[3])
     assert weeks_of_nights[3] in index.read_text() and "None." in index.read_text()  # no alerts yet
+    # The first slower night: only the regressed series moved beyond its spreads, and is marked.
+    page = report.write_report(engine, tmp_path / "step", weeks_of_nights[23]).read_text()
+    marked = [row for row in page.splitlines() if row.startswith("<tr class=moved>")]
+    assert len(marked) == 1 and "TORCH_ALLTOALL" in marked[0] and "<td>1024</td><td>combine</td>" in marked[0], marked
+    assert "%*</td>" in marked[0] and page.count("%*</td>") == 1
     with pytest.raises(MoecommError, match="no run"):
         report.write_report(engine, tmp_path / "x", "no-such-run")
     monkeypatch.setenv("MOECOMM_DATABASE_URL", database_url)

@@ -74,6 +74,12 @@ def test_the_cli_prints_the_table_and_refuses_file_options_for_runs(files, capsy
     assert cli_main(["compare", str(files[0]), str(files[1]), "--kernels"]) == 0
     out = capsys.readouterr().out
     assert "moeA2ADispatchKernel" in out and "beyond noise" in out and "within noise" in out
+    # Each value with its iterations' spread (stdev 4 x 5% of the median); a ratio beyond the noise is marked.
+    totals = [line.split() for line in out.splitlines() if line.split()[2:4] == ["dispatch", "total"]]
+    assert totals == [["NVLINK_ONE_SIDED", "128", "dispatch", "total", "100.00", "±20.00", "100.10", "±20.02", "1.00",
+                       "within", "noise"],
+                      ["NVLINK_ONE_SIDED", "256", "dispatch", "total", "150.00", "±30.00", "125.00", "±25.00", "1.20*",
+                       "beyond", "noise"]], totals
     assert cli_main(["compare", "night-1", "night-2", "--kernels"]) == 3
     assert "--kernels, --stat and --rank compare two output files" in capsys.readouterr().err
 

@@ -94,7 +94,7 @@ SERIES_VARIABLES = series_variables(ALL)
 ALERT_ANNOTATION = {
     "name": "alerts", "datasource": DS, "enable": True, "iconColor": "red",
     "target": target(
-        "SELECT r.run_at AS time, a.direction || ' ' || to_char(a.change_pct, 'SG990.0') || '% (alert #' || a.alert_pk "
+        "SELECT r.run_at AS time, a.direction || ' ' || to_char(a.change_pct, 'SG990.0') || '% (alert #' || a.alert_id "
         "|| ', ' || a.state || '; last good ' || a.last_good_run_id || ')' AS text, a.state AS tags "
         "FROM alert a JOIN run r ON r.run_id = a.first_bad_run_id "
         "WHERE $__timeFilter(r.run_at) AND a.backend = '$backend' AND a.profile = '$profile' "
@@ -163,7 +163,7 @@ LATEST = dashboard("moecomm-latest", "moecomm: latest night against its baseline
                                 {"color": "green", "value": None}, {"color": "yellow", "value": 2},
                                 {"color": "red", "value": 5}]}}]}]}),
     panel(2, "Open and acknowledged alerts", "table", [target(
-        "SELECT alert_pk AS id, state, direction, round(change_pct::numeric, 2) AS \"change %\", "
+        "SELECT alert_id, state, direction, round(change_pct::numeric, 2) AS \"change %\", "
         "round(confidence::numeric, 4) AS confidence, backend, profile, ep_size AS ep, local_batch_size AS tokens, op, "
         f"{QUANT} AS quant, {GPU} AS gpu, {KNOB_LABEL.replace('s.', '')} AS knobs, "
         "last_good_run_id AS \"last good\", first_bad_run_id AS \"first bad\", provenance_diff::text AS \"provenance changed\" "
