@@ -60,6 +60,9 @@ class Params:
     min_change: float = 0.005   # changes smaller than this fraction are not reported
     shape_gate: float = 3.5     # nights whose shape is this far above the baseline's are outlier nights
     min_shape_nights: int = 10  # baseline nights with a known shape needed before shapes are judged
+    improvement_extra: float = 0.0  # more evidence needed for an improvement than for a regression
+    studentize: bool = False    # the window's clipped mean against the baseline's clipped mean and spread
+    prior_nights: int = 10      # weight, in nights, of the normal's clipped spread in the baseline's
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,33 @@ def _locate(x: np.ndarray, start: int, t: int, found: int, sign: float, sigma: f
     return best_at
 
 
+def _baseline_clipped(base: np.ndarray, level: float, sigma: float, params: Params) -> tuple[float, float]:
+    """Where the baseline's own nights put the clipped mean, and their clipped spread relative to
+    a normal's, shrunk towards the normal's with the weight of `prior_nights`: (0, 1) for nights
+    as the noise model says; a skewed or bimodal baseline (a tail of slow nights, a second mode)
+    widens it, so that nights like those it already had are not taken for a change."""
+    if not params.studentize or len(base) < 2:
+        return 0.0, 1.0
+    clipped = np.clip((base - level) / sigma, -params.clip, params.clip)
+    normal_var = _CLIPPED_NORMAL_VAR.get(params.clip) or _clipped_normal_var(params.clip)
+    var = (params.prior_nights * normal_var + float(np.var(clipped, ddof=1)) * (len(base) - 1)) \
+        / (params.prior_nights + len(base) - 1)
+    return float(clipped.mean()), math.sqrt(max(var / normal_var, 1.0))
+
+
+def _clipped_normal_var(clip: float) -> float:
+    """The variance of a standard normal clipped to +/- clip."""
+    nd = NormalDist()
+    tail = 1.0 - nd.cdf(clip)
+    inside = (1.0 - 2.0 * tail) - 2.0 * clip * nd.pdf(clip)  # E[z^2; |z| < clip]
+    value = inside + 2.0 * tail * clip ** 2
+    _CLIPPED_NORMAL_VAR[clip] = value
+    return value
+
+
+_CLIPPED_NORMAL_VAR: dict[float, float] = {}
+
+
 def _confidence(score: float, tests: int) -> float:
     """One minus the (Bonferroni-adjusted) one-sided normal tail of the evidence."""
     tail = 0.5 * math.erfc(score / math.sqrt(2.0))
@@ -217,13 +247,17 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             # The mean clipped deviation, against its spread: the window's own noise plus the
             # uncertainty of the baseline's level (about 1.2 sigma^2 / n for this trimmed mean).
             spread = math.sqrt(1.0 / len(z) + 1.2 / len(base))
+            centre, scale = _baseline_clipped(base, level, sigma, params)
+            window_mean = float(np.clip(z, -params.clip, params.clip).mean()) - centre
             for sign in (1.0, -1.0):
                 signed = sign * z
-                evidence = float(np.clip(signed, -params.clip, params.clip).mean()) / spread
+                evidence = sign * window_mean / (spread * scale)
                 shift = sign * (float(np.median(x[first_bad:t + 1])) - level) / level
                 # Sustained: every night of a short window moved (longer ones rest on the clipping).
                 consistent = len(z) > 3 or float(signed.min()) > params.min_night
                 needed = params.threshold + params.short_extra * (params.max_window - window) / (params.max_window - 2)
+                if sign < 0:
+                    needed += params.improvement_extra
                 if evidence > needed and consistent and shift >= params.min_change:
                     if best is None or evidence > best[0]:
                         best = (evidence * sign, first_bad, sigma)
