@@ -60,8 +60,12 @@ class Params:
     min_change: float = 0.005   # changes smaller than this fraction are not reported
     shape_gate: float = 3.5     # nights whose shape is this far above the baseline's are outlier nights
     min_shape_nights: int = 10  # baseline nights with a known shape needed before shapes are judged
-    improvement_extra: float = 0.0  # more evidence needed for an improvement than for a regression
-    studentize: bool = False    # the window's clipped mean against the baseline's clipped mean and spread
+    shape_change_nights: int = 4  # outlier nights by shape in a window that make a change of shape
+    shape_change_share: float = 0.75  # share of a window's nights that must be odd by shape to be a change of shape
+    group_share: float = 0.5    # a member's shift the group shares this much of must be the group's too
+    group_min_members: int = 3  # members a group needs (on a night) before its common move is used
+    improvement_extra: float = 1.0  # more evidence needed for an improvement than for a regression
+    studentize: bool = True     # the window's clipped mean against the baseline's clipped mean and spread
     prior_nights: int = 10      # weight, in nights, of the normal's clipped spread in the baseline's
 
 
@@ -202,6 +206,31 @@ def _clipped_normal_var(clip: float) -> float:
 _CLIPPED_NORMAL_VAR: dict[float, float] = {}
 
 
+def _group_agrees(moves: np.ndarray, since: slice, first_bad: int, t: int, shift: float, needed: float,
+                  params: Params) -> bool:
+    """Whether a member's candidate change (nights first_bad..t, `shift` signed as a fraction of
+    its level, positive in the change's direction) stands against its group's common move: it
+    does when the group moved less than `group_share` of it over those nights (the member's own
+    change), or when the common move itself passes the threshold `needed`, tested as a series is
+    (clipped mean over its baseline nights, in units of their noise)."""
+    before, after = moves[since], moves[first_bad:t + 1]
+    before, after = before[np.isfinite(before)], after[np.isfinite(after)]
+    if len(before) < params.min_baseline or len(after) < 2:
+        return True  # too little of the group on these nights to tell
+    direction = math.copysign(1.0, shift)
+    level = _level(before)
+    moved = direction * (float(np.median(after)) - level)
+    if moved < params.group_share * abs(shift):
+        return True
+    if len(before) >= params.direct_noise_nights:
+        sigma = max(_biweight_sigma(before), params.min_noise)
+    else:
+        sigma = _noise(before, 1.0, params)
+    z = direction * (after - level) / sigma
+    evidence = float(np.clip(z, -params.clip, params.clip).mean()) / math.sqrt(1.0 / len(z) + 1.2 / len(before))
+    return evidence > needed
+
+
 def _confidence(score: float, tests: int) -> float:
     """One minus the (Bonferroni-adjusted) one-sided normal tail of the evidence."""
     tail = 0.5 * math.erfc(score / math.sqrt(2.0))
@@ -209,9 +238,16 @@ def _confidence(score: float, tests: int) -> float:
 
 
 def detect(values: Sequence[float], stderr: Sequence[float] | None = None, params: Params = Params(),
-           shape: Sequence[float] | None = None, start: int = 0, first_test: int = 0) -> list[Change]:
+           shape: Sequence[float] | None = None, start: int = 0, first_test: int = 0,
+           common: Sequence[float] | None = None) -> list[Change]:
     """The sustained changes in a series of nightly values (oldest first), given each night's
     standard error (`median_stderr`) and shape where known (NaN or None where not).
+
+    `common` (from `detect_group`): the night-to-night move, in log units, that the series' group
+    shares (NaN where unknown). A shift the group shares at least `group_share` of must also be
+    significant on the group's common move: one that only this member's own noise carried over
+    the line is not reported, a whole group's change is (its common move, averaged over the
+    members, is less noisy than any member).
 
     Resuming a scan: `start` is where the baseline starts (the first bad night of the last change
     found, 0 if none) and `first_test` the first night not tested yet. A scan resumed after night
@@ -219,6 +255,7 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
     x = np.asarray(values, dtype=float)
     se = np.zeros_like(x) if stderr is None else np.nan_to_num(np.asarray(stderr, dtype=float))
     form = np.full(len(x), np.nan) if shape is None else np.asarray(shape, dtype=float)
+    moves = None if common is None else np.asarray(common, dtype=float)
     changes: list[Change] = []
     t = max(start + params.min_baseline + 1, first_test)
     while t < len(x):
@@ -239,7 +276,12 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             usual = float(np.median(se[recent] ** 2))
             z = (x[first_bad:t + 1] - level) / np.sqrt(sigma ** 2 + np.maximum(se[first_bad:t + 1] ** 2 - usual, 0.0))
             odd = form[first_bad:t + 1] > shape_limit
-            if 0 < odd.sum() < 3:  # outlier nights by shape; three or more are a change of shape
+            # Outlier nights by shape are left out, unless they are a change of shape: at least
+            # `shape_change_nights`, and most of the window (a lasting change shows on the nights
+            # after it; odd nights among usual ones, or three in a row, are what a series with
+            # one bimodal night in ten shows every few years of nights).
+            if odd.any() and not (odd.sum() >= params.shape_change_nights
+                                  and odd.mean() >= params.shape_change_share):
                 z = z[~odd]
             z = _drop_outlier_nights(z, params)
             if z is None:
@@ -258,7 +300,8 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
                 needed = params.threshold + params.short_extra * (params.max_window - window) / (params.max_window - 2)
                 if sign < 0:
                     needed += params.improvement_extra
-                if evidence > needed and consistent and shift >= params.min_change:
+                if (evidence > needed and consistent and shift >= params.min_change
+                        and (moves is None or _group_agrees(moves, since, first_bad, t, sign * shift, needed, params))):
                     if best is None or evidence > best[0]:
                         best = (evidence * sign, first_bad, sigma)
         if best is None:
@@ -296,5 +339,54 @@ class SeriesInput:
 
 def detect_group(members: dict, params: Params = Params()) -> dict:
     """The changes of every member of a group of series measured in the same runs (one job's
-    sizes and ops: they share each night's noise), keyed as `members` is."""
-    return {key: detect(m.values, m.stderr, params, m.shape, m.start, m.first_test) for key, m in members.items()}
+    sizes and ops: they share each night's noise), keyed as `members` is. Each member is scanned
+    with the group's common move (`common_moves`), so that a shift the whole group shares is
+    reported only when the group's move is itself significant, and a shift of one member alone
+    is judged as before."""
+    moves = common_moves(members, params)
+    return {key: detect(m.values, m.stderr, params, m.shape, m.start, m.first_test, moves[key])
+            for key, m in members.items()}
+
+
+def common_moves(members: dict, params: Params = Params()) -> dict:
+    """Per member, the group's common move on each of its nights, in log units: the median over
+    the members measured that night of their log value less their own reference (the median of
+    their first `min_history` nights, so that a night's move depends on that night alone and a
+    resumed scan sees what a full one saw). Members line up by `runs`; without runs, by position
+    (all members the same length). None for every member when the group has fewer than
+    `group_min_members`, or cannot be lined up; NaN on nights fewer members measured."""
+    keys = list(members)
+    none = {key: None for key in keys}
+    if len(keys) < params.group_min_members:
+        return none
+    if all(len(members[k].runs) == 0 for k in keys):
+        lengths = {len(members[k].values) for k in keys}
+        if len(lengths) != 1:
+            return none
+        positions = {k: np.arange(len(members[k].values)) for k in keys}
+        nights = len(members[keys[0]].values)
+    else:
+        if any(len(members[k].runs) != len(members[k].values) for k in keys):
+            return none
+        index: dict[str, int] = {}
+        for k in keys:
+            for run in members[k].runs:
+                index.setdefault(run, len(index))
+        positions = {k: np.fromiter((index[r] for r in members[k].runs), dtype=int, count=len(members[k].runs))
+                     for k in keys}
+        nights = len(index)
+    table = np.full((nights, len(keys)), np.nan)
+    for column, k in enumerate(keys):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(np.asarray(members[k].values, dtype=float))
+        logs[~np.isfinite(logs)] = np.nan
+        first = logs[:params.min_history]
+        if not np.isfinite(first).any():
+            continue
+        table[positions[k], column] = logs - float(np.nanmedian(first))
+    counted = np.isfinite(table).sum(axis=1)
+    moves = np.full(nights, np.nan)
+    enough = counted >= params.group_min_members
+    if enough.any():
+        moves[enough] = np.nanmedian(table[enough], axis=1)
+    return {k: moves[positions[k]] for k in keys}
