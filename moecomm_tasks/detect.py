@@ -63,6 +63,7 @@ class Params:
     shape_change_nights: int = 4  # outlier nights by shape in a window that make a change of shape
     shape_change_share: float = 0.75  # share of a window's nights that must be odd by shape to be a change of shape
     group_share: float = 0.5    # a member's shift the group shares this much of must be the group's too
+    group_relief: float = 0.6   # the group's common move needs this much less evidence than a member
     group_min_members: int = 3  # members a group needs (on a night) before its common move is used
     improvement_extra: float = 1.0  # more evidence needed for an improvement than for a regression
     studentize: bool = True     # the window's clipped mean against the baseline's clipped mean and spread
@@ -211,8 +212,9 @@ def _group_agrees(moves: np.ndarray, since: slice, first_bad: int, t: int, shift
     """Whether a member's candidate change (nights first_bad..t, `shift` signed as a fraction of
     its level, positive in the change's direction) stands against its group's common move: it
     does when the group moved less than `group_share` of it over those nights (the member's own
-    change), or when the common move itself passes the threshold `needed`, tested as a series is
-    (clipped mean over its baseline nights, in units of their noise)."""
+    change), or when the common move itself passes the threshold `needed` less `group_relief`,
+    tested as a series is (clipped mean over its baseline nights, in units of their noise): the
+    member's own evidence is there already, the group's says whether the group shares it."""
     before, after = moves[since], moves[first_bad:t + 1]
     before, after = before[np.isfinite(before)], after[np.isfinite(after)]
     if len(before) < params.min_baseline or len(after) < 2:
@@ -228,7 +230,7 @@ def _group_agrees(moves: np.ndarray, since: slice, first_bad: int, t: int, shift
         sigma = _noise(before, 1.0, params)
     z = direction * (after - level) / sigma
     evidence = float(np.clip(z, -params.clip, params.clip).mean()) / math.sqrt(1.0 / len(z) + 1.2 / len(before))
-    return evidence > needed
+    return evidence > needed - params.group_relief
 
 
 def _confidence(score: float, tests: int) -> float:

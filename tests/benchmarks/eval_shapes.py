@@ -203,6 +203,7 @@ def main() -> None:
     parser.add_argument("--set", default="", help="Params overrides, e.g. 'threshold=3.2,clip=2.0'")
     parser.add_argument("--shapes", default="", help="only these shapes (comma-separated names)")
     parser.add_argument("--no-recall", action="store_true")
+    parser.add_argument("--recall", default="", help="only these recall scenarios (comma-separated labels)")
     args = parser.parse_args()
     overrides = {k.strip(): ast.literal_eval(v.strip()) for k, _, v in
                  (item.partition("=") for item in filter(None, args.set.split(",")))}
@@ -236,6 +237,8 @@ def main() -> None:
             print("|---|---:|---:|---:|")
             by_name = {s.name: s for s in SHAPES}
             for index, (label, shape_name, kind, step, who) in enumerate(RECALL):
+                if args.recall and label not in args.recall.split(","):
+                    continue
                 found = total = others = 0
                 for seed in seeds:
                     rng = np.random.default_rng([seed, 100 + index])
