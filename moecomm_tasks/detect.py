@@ -15,20 +15,30 @@ The detector scans the nights in order, as the nightly run sees them:
 * a night whose median moved away from its own fastest iterations (its shape beyond `shape_gate`
   robust standard deviations of the baseline's shapes: some of its iterations ran slow, the rest
   did not, as when a night is bimodal) is an outlier night and is left out of the baseline and of
-  the windows, unless three or more of a window's nights are like it: a shape that persists is a
-  change, not an outlier. A real step moves every iteration, the fastest too, and keeps the shape;
+  the windows, unless four or more of a window's nights, and three quarters of them, are like it:
+  a shape that persists is a change, not an outlier. A real step moves every iteration, the fastest too, and keeps the shape;
 * a change is a *sustained* shift: the mean deviation of the last L nights (L = 2 ..
   `max_window`), each clipped to +/- `clip` noise units, must exceed a threshold in units of its
   own spread (the window's noise and the uncertainty of the baseline's level); short windows need
   more evidence than long ones. Nights far from the rest of their window (spikes, outlier nights)
   are left out, and a window whose nights are all far from the baseline needs three of them: one
   or two nights far out are as likely spikes as a step. So one-night spikes never alarm;
+* that evidence is measured against the baseline's own nights, clipped the same way: their
+  clipped mean and spread (never narrower than a normal's, shrunk towards it by `prior_nights`).
+  A baseline with a tail of slow nights (the slowest of many ranks) or a second mode counts a
+  window like the nights it already had as no change;
+* an improvement pages nobody and needs `improvement_extra` more evidence than a regression;
+* in a group of series measured in the same runs (`detect_group`: one job's sizes and ops), a
+  shift that the group's common move (the members' median move that night) shares at least
+  half of must be significant on that common move as well: a shared noisy stretch that pushes
+  one member over the line is not reported, a whole backend's regression still is, and a change
+  of one size alone is judged as before;
 * the change is then located at the night after which the nights sit furthest from the
   baseline, reported once with its size in %, its confidence, and the last good and first bad
   nights; the baseline restarts there.
 
-Parameters are tuned on the evaluation harness (tests/benchmarks/eval_detect.py,
-docs/detector-evaluation.md), not on any test's data.
+Parameters are tuned on the evaluation harnesses (tests/benchmarks/eval_detect.py and
+eval_shapes.py, docs/detector-evaluation.md), not on any test's data.
 """
 
 from __future__ import annotations
@@ -67,6 +77,7 @@ class Params:
     group_min_members: int = 3  # members a group needs (on a night) before its common move is used
     improvement_extra: float = 1.0  # more evidence needed for an improvement than for a regression
     studentize: bool = True     # the window's clipped mean against the baseline's clipped mean and spread
+    one_sided_spread: bool = False  # regressions against the baseline's spread above it, improvements below
     prior_nights: int = 10      # weight, in nights, of the normal's clipped spread in the baseline's
 
 
@@ -180,18 +191,27 @@ def _locate(x: np.ndarray, start: int, t: int, found: int, sign: float, sigma: f
     return best_at
 
 
-def _baseline_clipped(base: np.ndarray, level: float, sigma: float, params: Params) -> tuple[float, float]:
+def _baseline_clipped(base: np.ndarray, level: float, sigma: float, params: Params) -> tuple[float, float, float]:
     """Where the baseline's own nights put the clipped mean, and their clipped spread relative to
-    a normal's, shrunk towards the normal's with the weight of `prior_nights`: (0, 1) for nights
-    as the noise model says; a skewed or bimodal baseline (a tail of slow nights, a second mode)
-    widens it, so that nights like those it already had are not taken for a change."""
+    a normal's above and below it, each shrunk towards the normal's with the weight of
+    `prior_nights` and never narrower: (0, 1, 1) for nights as the noise model says; a skewed or
+    bimodal baseline (a tail of slow nights, a second mode) widens the side it reaches, so that
+    nights like those it already had are not taken for a change. With `one_sided_spread` off,
+    both sides get the spread of all the nights."""
     if not params.studentize or len(base) < 2:
-        return 0.0, 1.0
+        return 0.0, 1.0, 1.0
     clipped = np.clip((base - level) / sigma, -params.clip, params.clip)
     normal_var = _CLIPPED_NORMAL_VAR.get(params.clip) or _clipped_normal_var(params.clip)
-    var = (params.prior_nights * normal_var + float(np.var(clipped, ddof=1)) * (len(base) - 1)) \
-        / (params.prior_nights + len(base) - 1)
-    return float(clipped.mean()), math.sqrt(max(var / normal_var, 1.0))
+    centre = float(clipped.mean())
+    deviations = clipped - centre
+    if params.one_sided_spread:  # each side's semi-variance, doubled: the variance were it symmetric
+        sides = (2.0 * float(np.sum(np.maximum(deviations, 0.0) ** 2)),
+                 2.0 * float(np.sum(np.minimum(deviations, 0.0) ** 2)))
+    else:
+        sides = (float(np.sum(deviations ** 2)),) * 2
+    up, down = (math.sqrt(max((params.prior_nights * normal_var + side) / (params.prior_nights + len(base) - 1)
+                              / normal_var, 1.0)) for side in sides)
+    return centre, up, down
 
 
 def _clipped_normal_var(clip: float) -> float:
@@ -291,11 +311,11 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             # The mean clipped deviation, against its spread: the window's own noise plus the
             # uncertainty of the baseline's level (about 1.2 sigma^2 / n for this trimmed mean).
             spread = math.sqrt(1.0 / len(z) + 1.2 / len(base))
-            centre, scale = _baseline_clipped(base, level, sigma, params)
+            centre, scale_up, scale_down = _baseline_clipped(base, level, sigma, params)
             window_mean = float(np.clip(z, -params.clip, params.clip).mean()) - centre
             for sign in (1.0, -1.0):
                 signed = sign * z
-                evidence = sign * window_mean / (spread * scale)
+                evidence = sign * window_mean / (spread * (scale_up if sign > 0 else scale_down))
                 shift = sign * (float(np.median(x[first_bad:t + 1])) - level) / level
                 # Sustained: every night of a short window moved (longer ones rest on the clipping).
                 consistent = len(z) > 3 or float(signed.min()) > params.min_night
