@@ -253,6 +253,23 @@ def _group_agrees(moves: np.ndarray, since: slice, first_bad: int, t: int, shift
     return evidence > needed - params.group_relief
 
 
+def _baseline(x: np.ndarray, form: np.ndarray, se: np.ndarray, since: slice, first_bad: int,
+              params: Params) -> tuple:
+    """What a window starting at `first_bad` is measured against, from the nights before it alone:
+    the baseline's usual nights and shape limit, its level, the noise between nights, the usual
+    squared standard error of a night, and the baseline's clipped centre and spreads."""
+    base, shape_limit = _usual_nights(x, form, since, params)
+    level = _level(base)
+    recent = slice(max(0, first_bad - params.noise_window), first_bad)
+    if len(base) >= params.direct_noise_nights:  # enough nights since the last change
+        sigma = max(_biweight_sigma(base), params.min_noise * level)
+    else:
+        sigma = _noise(_usual_nights(x, form, recent, params)[0], level, params)
+    # A night less certain than usual (its iterations spread more) weighs less.
+    usual = float(np.median(se[recent] ** 2))
+    return base, shape_limit, level, sigma, usual, _baseline_clipped(base, level, sigma, params)
+
+
 def _confidence(score: float, tests: int) -> float:
     """One minus the (Bonferroni-adjusted) one-sided normal tail of the evidence."""
     tail = 0.5 * math.erfc(score / math.sqrt(2.0))
@@ -279,6 +296,7 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
     form = np.full(len(x), np.nan) if shape is None else np.asarray(shape, dtype=float)
     moves = None if common is None else np.asarray(common, dtype=float)
     changes: list[Change] = []
+    baselines: dict[tuple[int, int], tuple] = {}
     t = max(start + params.min_baseline + 1, first_test)
     while t < len(x):
         best: tuple[float, int] | None = None
@@ -287,15 +305,9 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             if first_bad - start < params.min_baseline or first_bad < params.min_history:
                 break
             since = slice(max(start, first_bad - params.baseline_window), first_bad)
-            base, shape_limit = _usual_nights(x, form, since, params)
-            level = _level(base)
-            recent = slice(max(0, first_bad - params.noise_window), first_bad)
-            if len(base) >= params.direct_noise_nights:  # enough nights since the last change
-                sigma = max(_biweight_sigma(base), params.min_noise * level)
-            else:
-                sigma = _noise(_usual_nights(x, form, recent, params)[0], level, params)
-            # A night less certain than usual (its iterations spread more) weighs less.
-            usual = float(np.median(se[recent] ** 2))
+            if (start, first_bad) not in baselines:  # each baseline serves up to max_window - 1 nights
+                baselines[(start, first_bad)] = _baseline(x, form, se, since, first_bad, params)
+            base, shape_limit, level, sigma, usual, (centre, scale_up, scale_down) = baselines[(start, first_bad)]
             z = (x[first_bad:t + 1] - level) / np.sqrt(sigma ** 2 + np.maximum(se[first_bad:t + 1] ** 2 - usual, 0.0))
             odd = form[first_bad:t + 1] > shape_limit
             # Outlier nights by shape are left out, unless they are a change of shape: at least
@@ -311,7 +323,6 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             # The mean clipped deviation, against its spread: the window's own noise plus the
             # uncertainty of the baseline's level (about 1.2 sigma^2 / n for this trimmed mean).
             spread = math.sqrt(1.0 / len(z) + 1.2 / len(base))
-            centre, scale_up, scale_down = _baseline_clipped(base, level, sigma, params)
             window_mean = float(np.clip(z, -params.clip, params.clip).mean()) - centre
             for sign in (1.0, -1.0):
                 signed = sign * z
