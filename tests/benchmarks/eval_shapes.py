@@ -36,10 +36,9 @@ from __future__ import annotations
 
 import argparse
 import ast
-import math
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 
