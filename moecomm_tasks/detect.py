@@ -15,25 +15,36 @@ The detector scans the nights in order, as the nightly run sees them:
 * a night whose median moved away from its own fastest iterations (its shape beyond `shape_gate`
   robust standard deviations of the baseline's shapes: some of its iterations ran slow, the rest
   did not, as when a night is bimodal) is an outlier night and is left out of the baseline and of
-  the windows, unless three or more of a window's nights are like it: a shape that persists is a
-  change, not an outlier. A real step moves every iteration, the fastest too, and keeps the shape;
+  the windows, unless four or more of a window's nights, and three quarters of them, are like it:
+  a shape that persists is a change, not an outlier. A real step moves every iteration, the fastest too, and keeps the shape;
 * a change is a *sustained* shift: the mean deviation of the last L nights (L = 2 ..
   `max_window`), each clipped to +/- `clip` noise units, must exceed a threshold in units of its
   own spread (the window's noise and the uncertainty of the baseline's level); short windows need
   more evidence than long ones. Nights far from the rest of their window (spikes, outlier nights)
   are left out, and a window whose nights are all far from the baseline needs three of them: one
   or two nights far out are as likely spikes as a step. So one-night spikes never alarm;
+* that evidence is measured against the baseline's own nights, clipped the same way: their
+  clipped mean and spread (never narrower than a normal's, shrunk towards it by `prior_nights`).
+  A baseline with a tail of slow nights (the slowest of many ranks) or a second mode counts a
+  window like the nights it already had as no change;
+* an improvement pages nobody and needs `improvement_extra` more evidence than a regression;
+* in a group of series measured in the same runs (`detect_group`: one job's sizes and ops), a
+  shift that the group's common move (the members' median move that night) shares at least
+  half of must be significant on that common move as well: a shared noisy stretch that pushes
+  one member over the line is not reported, a whole backend's regression still is, and a change
+  of one size alone is judged as before;
 * the change is then located at the night after which the nights sit furthest from the
   baseline, reported once with its size in %, its confidence, and the last good and first bad
   nights; the baseline restarts there.
 
-Parameters are tuned on the evaluation harness (tests/benchmarks/eval_detect.py,
-docs/detector-evaluation.md), not on any test's data.
+Parameters are tuned on the evaluation harnesses (tests/benchmarks/eval_detect.py and
+eval_shapes.py, docs/detector-evaluation.md), not on any test's data.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Sequence
@@ -60,6 +71,15 @@ class Params:
     min_change: float = 0.005   # changes smaller than this fraction are not reported
     shape_gate: float = 3.5     # nights whose shape is this far above the baseline's are outlier nights
     min_shape_nights: int = 10  # baseline nights with a known shape needed before shapes are judged
+    shape_change_nights: int = 4  # outlier nights by shape in a window that make a change of shape
+    shape_change_share: float = 0.75  # share of a window's nights that must be odd by shape to be a change of shape
+    group_share: float = 0.5    # a member's shift the group shares this much of must be the group's too
+    group_relief: float = 0.6   # the group's common move needs this much less evidence than a member
+    group_min_members: int = 3  # members a group needs (on a night) before its common move is used
+    improvement_extra: float = 1.0  # more evidence needed for an improvement than for a regression
+    studentize: bool = True     # the window's clipped mean against the baseline's clipped mean and spread
+    one_sided_spread: bool = False  # regressions against the baseline's spread above it, improvements below
+    prior_nights: int = 10      # weight, in nights, of the normal's clipped spread in the baseline's
 
 
 @dataclass(frozen=True)
@@ -172,6 +192,86 @@ def _locate(x: np.ndarray, start: int, t: int, found: int, sign: float, sigma: f
     return best_at
 
 
+def _baseline_clipped(base: np.ndarray, level: float, sigma: float, params: Params) -> tuple[float, float, float]:
+    """Where the baseline's own nights put the clipped mean, and their clipped spread relative to
+    a normal's above and below it, each shrunk towards the normal's with the weight of
+    `prior_nights` and never narrower: (0, 1, 1) for nights as the noise model says; a skewed or
+    bimodal baseline (a tail of slow nights, a second mode) widens the side it reaches, so that
+    nights like those it already had are not taken for a change. With `one_sided_spread` off,
+    both sides get the spread of all the nights."""
+    if not params.studentize or len(base) < 2:
+        return 0.0, 1.0, 1.0
+    clipped = np.clip((base - level) / sigma, -params.clip, params.clip)
+    normal_var = _CLIPPED_NORMAL_VAR.get(params.clip) or _clipped_normal_var(params.clip)
+    centre = float(clipped.mean())
+    deviations = clipped - centre
+    if params.one_sided_spread:  # each side's semi-variance, doubled: the variance were it symmetric
+        sides = (2.0 * float(np.sum(np.maximum(deviations, 0.0) ** 2)),
+                 2.0 * float(np.sum(np.minimum(deviations, 0.0) ** 2)))
+    else:
+        sides = (float(np.sum(deviations ** 2)),) * 2
+    up, down = (math.sqrt(max((params.prior_nights * normal_var + side) / (params.prior_nights + len(base) - 1)
+                              / normal_var, 1.0)) for side in sides)
+    return centre, up, down
+
+
+def _clipped_normal_var(clip: float) -> float:
+    """The variance of a standard normal clipped to +/- clip."""
+    nd = NormalDist()
+    tail = 1.0 - nd.cdf(clip)
+    inside = (1.0 - 2.0 * tail) - 2.0 * clip * nd.pdf(clip)  # E[z^2; |z| < clip]
+    value = inside + 2.0 * tail * clip ** 2
+    _CLIPPED_NORMAL_VAR[clip] = value
+    return value
+
+
+_CLIPPED_NORMAL_VAR: dict[float, float] = {}
+
+
+def _group_agrees(logs: np.ndarray, since: slice, first_bad: int, t: int, shift: float, needed: float,
+                  params: Params) -> bool:
+    """Whether a member's candidate change (nights first_bad..t, `shift` signed as a fraction of
+    its level, positive in the change's direction) stands against its group's common move: it
+    does when the group moved less than `group_share` of it over those nights (the member's own
+    change), or when the common move itself passes the threshold `needed` less `group_relief`,
+    tested as a series is (clipped mean over its baseline nights, in units of their noise): the
+    member's own evidence is there already, the group's says whether the group shares it."""
+    moves = _common_move(logs, since, first_bad, t, params)
+    before, after = moves[:first_bad - since.start], moves[first_bad - since.start:]
+    before, after = before[np.isfinite(before)], after[np.isfinite(after)]
+    if len(before) < params.min_baseline or len(after) < 2:
+        return True  # too little of the group on these nights to tell
+    direction = math.copysign(1.0, shift)
+    level = _level(before)
+    moved = direction * (float(np.median(after)) - level)
+    if moved < params.group_share * abs(shift):
+        return True
+    if len(before) >= params.direct_noise_nights:
+        sigma = max(_biweight_sigma(before), params.min_noise)
+    else:
+        sigma = _noise(before, 1.0, params)
+    z = direction * (after - level) / sigma
+    evidence = float(np.clip(z, -params.clip, params.clip).mean()) / math.sqrt(1.0 / len(z) + 1.2 / len(before))
+    return evidence > needed - params.group_relief
+
+
+def _baseline(x: np.ndarray, form: np.ndarray, se: np.ndarray, since: slice, first_bad: int,
+              params: Params) -> tuple:
+    """What a window starting at `first_bad` is measured against, from the nights before it alone:
+    the baseline's usual nights and shape limit, its level, the noise between nights, the usual
+    squared standard error of a night, and the baseline's clipped centre and spreads."""
+    base, shape_limit = _usual_nights(x, form, since, params)
+    level = _level(base)
+    recent = slice(max(0, first_bad - params.noise_window), first_bad)
+    if len(base) >= params.direct_noise_nights:  # enough nights since the last change
+        sigma = max(_biweight_sigma(base), params.min_noise * level)
+    else:
+        sigma = _noise(_usual_nights(x, form, recent, params)[0], level, params)
+    # A night less certain than usual (its iterations spread more) weighs less.
+    usual = float(np.median(se[recent] ** 2))
+    return base, shape_limit, level, sigma, usual, _baseline_clipped(base, level, sigma, params)
+
+
 def _confidence(score: float, tests: int) -> float:
     """One minus the (Bonferroni-adjusted) one-sided normal tail of the evidence."""
     tail = 0.5 * math.erfc(score / math.sqrt(2.0))
@@ -179,9 +279,16 @@ def _confidence(score: float, tests: int) -> float:
 
 
 def detect(values: Sequence[float], stderr: Sequence[float] | None = None, params: Params = Params(),
-           shape: Sequence[float] | None = None, start: int = 0, first_test: int = 0) -> list[Change]:
+           shape: Sequence[float] | None = None, start: int = 0, first_test: int = 0,
+           common: np.ndarray | None = None) -> list[Change]:
     """The sustained changes in a series of nightly values (oldest first), given each night's
     standard error (`median_stderr`) and shape where known (NaN or None where not).
+
+    `common` (from `detect_group`): the group's log night values on this series' nights (nights x
+    members, NaN where unknown), from which the group's common move is taken. A shift the group shares at least `group_share` of must also be
+    significant on the group's common move: one that only this member's own noise carried over
+    the line is not reported, a whole group's change is (its common move, averaged over the
+    members, is less noisy than any member).
 
     Resuming a scan: `start` is where the baseline starts (the first bad night of the last change
     found, 0 if none) and `first_test` the first night not tested yet. A scan resumed after night
@@ -189,7 +296,9 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
     x = np.asarray(values, dtype=float)
     se = np.zeros_like(x) if stderr is None else np.nan_to_num(np.asarray(stderr, dtype=float))
     form = np.full(len(x), np.nan) if shape is None else np.asarray(shape, dtype=float)
+    logs = None if common is None else np.asarray(common, dtype=float)
     changes: list[Change] = []
+    baselines: dict[tuple[int, int], tuple] = {}
     t = max(start + params.min_baseline + 1, first_test)
     while t < len(x):
         best: tuple[float, int] | None = None
@@ -198,18 +307,17 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             if first_bad - start < params.min_baseline or first_bad < params.min_history:
                 break
             since = slice(max(start, first_bad - params.baseline_window), first_bad)
-            base, shape_limit = _usual_nights(x, form, since, params)
-            level = _level(base)
-            recent = slice(max(0, first_bad - params.noise_window), first_bad)
-            if len(base) >= params.direct_noise_nights:  # enough nights since the last change
-                sigma = max(_biweight_sigma(base), params.min_noise * level)
-            else:
-                sigma = _noise(_usual_nights(x, form, recent, params)[0], level, params)
-            # A night less certain than usual (its iterations spread more) weighs less.
-            usual = float(np.median(se[recent] ** 2))
+            if (start, first_bad) not in baselines:  # each baseline serves up to max_window - 1 nights
+                baselines[(start, first_bad)] = _baseline(x, form, se, since, first_bad, params)
+            base, shape_limit, level, sigma, usual, (centre, scale_up, scale_down) = baselines[(start, first_bad)]
             z = (x[first_bad:t + 1] - level) / np.sqrt(sigma ** 2 + np.maximum(se[first_bad:t + 1] ** 2 - usual, 0.0))
             odd = form[first_bad:t + 1] > shape_limit
-            if 0 < odd.sum() < 3:  # outlier nights by shape; three or more are a change of shape
+            # Outlier nights by shape are left out, unless they are a change of shape: at least
+            # `shape_change_nights`, and most of the window (a lasting change shows on the nights
+            # after it; odd nights among usual ones, or three in a row, are what a series with
+            # one bimodal night in ten shows every few years of nights).
+            if odd.any() and not (odd.sum() >= params.shape_change_nights
+                                  and odd.mean() >= params.shape_change_share):
                 z = z[~odd]
             z = _drop_outlier_nights(z, params)
             if z is None:
@@ -217,14 +325,18 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             # The mean clipped deviation, against its spread: the window's own noise plus the
             # uncertainty of the baseline's level (about 1.2 sigma^2 / n for this trimmed mean).
             spread = math.sqrt(1.0 / len(z) + 1.2 / len(base))
+            window_mean = float(np.clip(z, -params.clip, params.clip).mean()) - centre
             for sign in (1.0, -1.0):
                 signed = sign * z
-                evidence = float(np.clip(signed, -params.clip, params.clip).mean()) / spread
+                evidence = sign * window_mean / (spread * (scale_up if sign > 0 else scale_down))
                 shift = sign * (float(np.median(x[first_bad:t + 1])) - level) / level
                 # Sustained: every night of a short window moved (longer ones rest on the clipping).
                 consistent = len(z) > 3 or float(signed.min()) > params.min_night
                 needed = params.threshold + params.short_extra * (params.max_window - window) / (params.max_window - 2)
-                if evidence > needed and consistent and shift >= params.min_change:
+                if sign < 0:
+                    needed += params.improvement_extra
+                if (evidence > needed and consistent and shift >= params.min_change
+                        and (logs is None or _group_agrees(logs, since, first_bad, t, sign * shift, needed, params))):
                     if best is None or evidence > best[0]:
                         best = (evidence * sign, first_bad, sigma)
         if best is None:
@@ -262,8 +374,13 @@ class SeriesInput:
 
 def detect_group(members: dict, params: Params = Params()) -> dict:
     """The changes of every member of a group of series measured in the same runs (one job's
-    sizes and ops: they share each night's noise), keyed as `members` is."""
-    return {key: detect(m.values, m.stderr, params, m.shape, m.start, m.first_test) for key, m in members.items()}
+    sizes and ops: they share each night's noise), keyed as `members` is. Each member is scanned
+    with its group's nights (`group_logs`), so that a shift the whole group shares is reported
+    only when the group's common move is itself significant, and a shift of one member alone is
+    judged as before."""
+    logs = group_logs(members, params)
+    return {key: detect(m.values, m.stderr, params, m.shape, m.start, m.first_test, logs[key])
+            for key, m in members.items()}
 
 
 def nights_before_testing(params: Params = Params()) -> int:
@@ -273,3 +390,58 @@ def nights_before_testing(params: Params = Params()) -> int:
     max(min_history, min_baseline) + 2. A series with fewer nights is never tested (and a
     change that moves every night far from the baseline needs one more night: `detect`)."""
     return max(params.min_history, params.min_baseline) + 2
+
+
+def group_logs(members: dict, params: Params = Params()) -> dict:
+    """Per member, its group's log night values on each of the member's nights: an array of
+    (the member's nights) x (the group's members), NaN where a member did not measure that night.
+    Members line up by `runs`; without runs, by position (all members the same length). None for
+    every member when the group has fewer than `group_min_members`, or cannot be lined up.
+
+    The common move is taken from this per candidate change, against each member's own baseline
+    nights (`_common_move`): it depends only on nights a resumed scan reads, so a nightly scan of
+    a series' tail finds what a scan of its whole history finds."""
+    keys = list(members)
+    none = {key: None for key in keys}
+    if len(keys) < params.group_min_members:
+        return none
+    if all(len(members[k].runs) == 0 for k in keys):
+        lengths = {len(members[k].values) for k in keys}
+        if len(lengths) != 1:
+            return none
+        positions = {k: np.arange(len(members[k].values)) for k in keys}
+        nights = len(members[keys[0]].values)
+    else:
+        if any(len(members[k].runs) != len(members[k].values) for k in keys):
+            return none
+        index: dict[str, int] = {}
+        for k in keys:
+            for run in members[k].runs:
+                index.setdefault(run, len(index))
+        positions = {k: np.fromiter((index[r] for r in members[k].runs), dtype=int, count=len(members[k].runs))
+                     for k in keys}
+        nights = len(index)
+    table = np.full((nights, len(keys)), np.nan)
+    for column, k in enumerate(keys):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.log(np.asarray(members[k].values, dtype=float))
+        logs[~np.isfinite(logs)] = np.nan
+        table[positions[k], column] = logs
+    return {k: table[positions[k]] for k in keys}
+
+
+def _common_move(logs: np.ndarray, since: slice, first_bad: int, t: int, params: Params) -> np.ndarray:
+    """The group's common move on the nights since.start..t, in log units: per night, the median
+    over the members measured that night of their log value less their own median over the
+    baseline nights `since`; NaN on nights fewer than `group_min_members` members measured."""
+    rows = logs[since.start:t + 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a member without baseline nights: all-NaN
+        reference = np.nanmedian(logs[since], axis=0)
+    moved = rows - reference
+    counted = np.isfinite(moved).sum(axis=1)
+    moves = np.full(len(rows), np.nan)
+    enough = counted >= params.group_min_members
+    if enough.any():
+        moves[enough] = np.nanmedian(moved[enough], axis=1)
+    return moves

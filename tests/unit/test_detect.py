@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from statistics import NormalDist
 
+import numpy as np
 import pytest
 
-from moecomm_tasks.detect import Params, detect, median_stderr
+from moecomm_tasks.detect import Params, SeriesInput, detect, detect_group, group_logs, median_stderr
+from moecomm_tasks.history import lookback
 
 # Twenty-four nights around 100 µs with about 1% noise (the detector needs 21 before it tests).
 FLAT = [100.0, 101.0, 99.0, 100.5, 99.5, 100.0, 101.2, 98.9, 100.3, 99.7, 100.8, 99.2, 100.1, 99.9, 100.4, 99.6,
@@ -30,8 +33,10 @@ def test_a_sustained_step_is_found_at_its_first_night():
     assert change.confidence > 0.99
 
 
-def test_an_improvement_is_reported_as_such():
-    (change,) = detect(FLAT + [94.8, 95.3, 95.1])
+def test_an_improvement_is_reported_as_such_once_five_nights_show_it():
+    # An improvement pages nobody: it needs more evidence than a regression (`improvement_extra`).
+    assert detect(FLAT + [94.8, 95.3, 95.1, 94.9]) == []
+    (change,) = detect(FLAT + [94.8, 95.3, 95.1, 94.9, 95.2])
     assert change.direction == "improvement" and change.first_bad == N and change.change_pct < -4.0
 
 
@@ -40,9 +45,13 @@ def test_a_one_night_spike_is_ignored():
 
 
 def test_two_steps_are_two_changes():
-    series = FLAT + [105.0, 105.4, 104.8, 105.2, 105.1, 104.9, 105.3, 95.0, 95.2, 94.8, 95.1]
-    changes = detect(series)
-    assert [(c.first_bad, c.direction) for c in changes] == [(N, "regression"), (N + 7, "improvement")]
+    # The second step has only the 7 nights since the first as its baseline, and an improvement
+    # needs more evidence than a regression: nine nights show it, placed within two nights.
+    series = FLAT + [105.0, 105.4, 104.8, 105.2, 105.1, 104.9, 105.3, 95.0, 95.2, 94.8, 95.1, 94.9, 95.3, 94.7,
+                     95.1, 95.0]
+    first, second = detect(series)
+    assert (first.first_bad, first.direction) == (N, "regression")
+    assert second.direction == "improvement" and abs(second.first_bad - (N + 7)) <= 2
 
 
 def test_two_one_night_spikes_in_a_row_are_not_a_change():
@@ -97,3 +106,104 @@ def test_a_lasting_change_of_shape_is_a_change():
     series = FLAT + [104.0, 104.6, 104.2, 104.4]
     (change,) = detect(series, shape=SHAPE + [0.12, 0.12, 0.122, 0.121])
     assert change.first_bad == N and change.direction == "regression"
+
+
+def _resumed_night_by_night(values: list[float]) -> list:
+    """What the nightly scan finds when it runs once per night, resuming where it stopped: the
+    baseline from the last change found, only the new night tested."""
+    found: list = []
+    for nights in range(1, len(values) + 1):
+        start = found[-1].first_bad if found else 0
+        found += detect(values[:nights], start=start, first_test=nights - 1)
+    return found
+
+
+def test_a_scan_resumed_every_night_finds_what_a_full_scan_finds():
+    series = FLAT + [105.2, 104.6, 105.5, 104.9, 106.0, 104.8, 105.3, 105.1, 104.7, 105.4] \
+        + [99.1, 99.6, 99.3, 98.9, 99.4, 99.0, 99.5, 128.0, 99.2, 99.3, 100.1, 99.8] + [103.8, 104.1, 104.4, 103.9]
+    full = detect(series)
+    assert [c.direction for c in full] == ["regression", "improvement", "regression"]
+    assert _resumed_night_by_night(series) == full
+
+
+def _group(values: dict[str, list[float]]) -> dict[str, SeriesInput]:
+    runs = [f"night-{i}" for i in range(len(next(iter(values.values()))))]
+    return {key: SeriesInput(v, runs=runs) for key, v in values.items()}
+
+
+# Four sizes of one job: each its own level, their own noise (FLAT in another order).
+SIZES = {f"tokens={2 ** (k + 5)}": [(1.0 + k) * FLAT[(i * (2 * k + 1)) % N] for i in range(N)] for k in range(4)}
+
+
+def test_a_step_of_the_whole_group_is_found_on_every_member():
+    stepped = {key: v + [1.05 * (1.0 + k) * 100.0 + 0.3 * (j % 2) for j in range(4)]
+               for k, (key, v) in enumerate(SIZES.items())}
+    found = detect_group(_group(stepped))
+    assert {key: [(c.first_bad, c.direction) for c in changes] for key, changes in found.items()} \
+        == {key: [(N, "regression")] for key in SIZES}
+
+
+def test_a_step_of_one_member_is_found_on_it_alone():
+    values = {key: v + [(1.0 + k) * x for x in (100.2, 99.7, 100.4, 99.9)] for k, (key, v) in enumerate(SIZES.items())}
+    values["tokens=32"] = SIZES["tokens=32"] + [105.2, 104.6, 105.5, 104.9]
+    found = detect_group(_group(values))
+    assert [(c.first_bad, c.direction) for c in found["tokens=32"]] == [(N, "regression")]
+    assert all(found[key] == [] for key in SIZES if key != "tokens=32")
+
+
+def test_a_shared_move_that_the_group_does_not_confirm_is_not_reported():
+    # One noise for the whole job (about 1% a night), each size's own on top (about 0.7%). For the
+    # last seven nights the group is up 1%, which its history does not make significant, and one
+    # member's own noise adds 1% more: alone it is a 2% step; against its group, the group's
+    # noise and its own.
+    wobble = [0.0, 0.002, -0.001, 0.001, -0.002, 0.0, 0.001]
+    shared = [1.0 + 0.015 * ((i * 5) % 7 - 3) / 3.0 for i in range(N)] + [1.01 + w for w in wobble]
+    own = {key: [x / v[0] * FLAT[0] / 100.0 for x in v] + [1.0 + w for w in reversed(wobble)]
+           for key, v in SIZES.items()}
+    own["tokens=32"] = own["tokens=32"][:N] + [1.01 + w for w in wobble]
+    values = {key: [100.0 * (1 + k) * s * o for s, o in zip(shared, v)] for k, (key, v) in enumerate(own.items())}
+    assert [c.direction for c in detect(values["tokens=32"])] == ["regression"]
+    assert detect_group(_group(values))["tokens=32"] == []
+
+
+def test_a_group_lines_up_by_runs_when_a_member_missed_a_night():
+    values = {key: v + [1.05 * (1.0 + k) * 100.0] * 4 for k, (key, v) in enumerate(SIZES.items())}
+    members = _group(values)
+    runs = list(members["tokens=32"].runs)
+    skipped = SeriesInput(values["tokens=32"][:10] + values["tokens=32"][11:], runs=runs[:10] + runs[11:])
+    logs = group_logs({**members, "tokens=32": skipped})
+    assert logs["tokens=32"].shape == (len(runs) - 1, len(members))
+    np.testing.assert_array_equal(logs["tokens=32"][10], logs["tokens=64"][11])
+    assert np.isnan(logs["tokens=64"][10][0])  # tokens=32 (the first member) missed night 10
+
+
+def test_a_group_scanned_night_by_night_on_its_tails_finds_what_a_full_scan_finds():
+    # What the nightly does: each night, every member's last `lookback` tested nights and the new
+    # one, its baseline's start cut to the tail's first night when it lies before it.
+    rng = np.random.default_rng(20261201)
+    nights, keep = 150, lookback(Params())
+    shared = rng.normal(0.0, 0.006, nights)
+    values = {}
+    for k in range(5):
+        own = rng.normal(0.0, 0.004, nights)
+        level = np.where(np.arange(nights) >= 95, 1.04, 1.0)  # the whole group, from night 95
+        if k == 0:
+            level = level * np.where(np.arange(nights) >= 120, 1.05, 1.0)  # and one member, from 120
+        values[f"m{k}"] = list(100.0 * (1 + k) * level * np.exp(shared + own))
+    runs = [f"night-{i}" for i in range(nights)]
+    full = detect_group({k: SeriesInput(v, runs=runs) for k, v in values.items()})
+    assert [c.first_bad for c in full["m0"]] == [95, 120]
+    assert all([c.first_bad for c in full[k]] == [95] for k in values if k != "m0")
+
+    found: dict[str, list] = {k: [] for k in values}
+    for n in range(1, nights + 1):
+        first = max(0, n - 1 - keep)
+        members = {}
+        for k, v in values.items():
+            start = found[k][-1].first_bad if found[k] else 0
+            members[k] = SeriesInput(v[first:n], runs=runs[first:n], start=max(start - first, 0),
+                                     first_test=n - 1 - first)
+        for k, changes in detect_group(members).items():
+            found[k] += [replace(c, first_bad=c.first_bad + first, last_good=c.last_good + first,
+                                 detected_at=c.detected_at + first) for c in changes]
+    assert found == full
