@@ -68,8 +68,9 @@ def results_engine() -> Engine:
 
 
 @contextmanager
-def scratch_database(server_url: str, prefix: str = "moecomm_scratch") -> Iterator[str]:
-    """A new, migrated database on the server of `server_url` (whose user may create databases).
+def scratch_database(server_url: str, prefix: str = "moecomm_scratch", template: str | None = None) -> Iterator[str]:
+    """A new, migrated database on the server of `server_url` (whose user may create databases),
+    a copy of the database `template` when given (nobody may be connected to it).
 
     Yields its URL; drops it afterwards. For tests and benchmarks.
     """
@@ -80,7 +81,7 @@ def scratch_database(server_url: str, prefix: str = "moecomm_scratch") -> Iterat
                              connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
     try:
         with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")))
         url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
         engine = make_engine(url)
         try:

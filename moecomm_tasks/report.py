@@ -20,9 +20,14 @@ mathtext.
 from __future__ import annotations
 
 import html
+import logging
+import multiprocessing
+import os
 import statistics
 import textwrap
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,10 @@ from moecomm_tasks.names import safe_name
 from moecomm_tasks.query import knob_label
 from moecomm_tasks.series import SERIES_KEY
 
+log = logging.getLogger(__name__)
+
 HISTORY_NIGHTS = 30
+RENDER_TIMEOUT_S = 600  # the plots of one worker process, at most
 BASELINE_NIGHTS = 7
 
 
@@ -46,6 +54,7 @@ class Point:
     run_id: str
     run_at: Any
     value: float
+    spread: float | None = None  # the night's within-night spread (`display.spread_us`)
 
 
 @dataclass(frozen=True)
@@ -80,11 +89,14 @@ def _history(conn: sa.Connection, run_id: str) -> dict[tuple, list[Point]]:
     EP size, backend, op, size, quantization, GPU model, knobs)."""
     rows = conn.execute(sa.text(f"""
         SELECT s.backend, s.profile, s.ep_size, s.quant_algo, s.local_batch_size, s.op, s.gpu_model,
-               {', '.join('s.' + k for k in KNOB_FIELDS)}, h.run_id, h.run_at, h.night_us AS value
+               {', '.join('s.' + k for k in KNOB_FIELDS)}, h.run_id, h.run_at, h.night_us AS value,
+               h.half_rank_range_us, h.within_night_stdev_us
         FROM series_night t
         JOIN series s USING (series_pk)
         CROSS JOIN LATERAL (
-            SELECT n.run_id, n.run_at, n.night_us FROM series_night n
+            SELECT n.run_id, n.run_at, n.night_us, n.within_night_stdev_us,
+                   CASE WHEN n.n_ranks > 1 THEN (n.slowest_rank_us - n.fastest_rank_us) / 2 END AS half_rank_range_us
+            FROM series_night n
             WHERE n.series_pk = t.series_pk AND n.kind = 'nightly' AND NOT n.excluded AND n.run_at <= t.run_at
             ORDER BY n.run_at DESC, n.run_id DESC LIMIT :keep) h
         WHERE t.run_id = :run AND t.kind = 'nightly'
@@ -94,7 +106,8 @@ def _history(conn: sa.Connection, run_id: str) -> dict[tuple, list[Point]]:
     series: dict[tuple, list[Point]] = defaultdict(list)
     for r in rows:
         series[(r.profile, r.ep_size, r.backend, r.op, r.local_batch_size, r.quant_algo, r.gpu_model,
-                knob_label(r))].append(Point(r.run_id, r.run_at, float(r.value)))
+                knob_label(r))].append(Point(r.run_id, r.run_at, float(r.value),
+                                             display.spread_us(r.half_rank_range_us, r.within_night_stdev_us)))
     return dict(series)
 
 
@@ -170,17 +183,14 @@ def _us_axis(ax) -> None:
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _spreads(conn: sa.Connection, run_ids: list[str]) -> dict[tuple, float | None]:
-    """Each night's within-night spread (`display.spread_us`) for the nights `run_ids`, keyed as
-    the history is, with the run id in front; read from the same view as the history."""
-    rows = conn.execute(sa.text(f"""
-        SELECT run_id, backend, profile, ep_size, COALESCE(quant_algo, '') AS quant_algo, local_batch_size, op,
-               COALESCE(gpu_model, '') AS gpu_model, {KNOBS},
-               CASE WHEN n_ranks > 1 THEN (slowest_rank_us - fastest_rank_us) / 2 END AS half_rank_range_us,
-               within_night_stdev_us
-        FROM nightly_series WHERE run_id = ANY(:runs) AND NOT excluded"""), {"runs": run_ids}).all()
-    return {(r.run_id, r.profile, r.ep_size, r.backend, r.op, r.local_batch_size, r.quant_algo, r.gpu_model,
-             knob_label(r)): display.spread_us(r.half_rank_range_us, r.within_night_stdev_us) for r in rows}
+def _size_colours(sizes: set[int]) -> dict[int, str]:
+    """A colour per token count, from small (dark) to large (light) along viridis."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    ordered = sorted(sizes)
+    cmap = colormaps["viridis"]
+    return {size: to_hex(cmap(0.9 * i / max(len(ordered) - 1, 1))) for i, size in enumerate(ordered)}
 
 
 def _slug(*parts: Any) -> str:
@@ -192,13 +202,105 @@ def _baseline(points: list[Point]) -> float | None:
     return statistics.median(earlier) if earlier else None
 
 
-def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> Path:
-    """Write the report of `run_id` (default: the latest run) into `out`; return index.html's path."""
+def _figure():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt.subplots(figsize=(6.4, 3.0))
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    # Fixed margins, not tight_layout: measuring every label to fit them cost a second draw; a
+    # quick PNG compression (the plots are a few tens of kB either way).
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.14, top=0.89)
+    fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})
+    plt.close(fig)
+
+
+def _plot_history(path: Path, title: str, lines: list[tuple[str, list, list[float]]]) -> None:
+    """Each token count's nights (colour, nights, µs), this night marked by a dot."""
+    fig, ax = _figure()
+    for colour, xs, ys in lines:
+        ax.plot(xs, ys, color=colour, linewidth=1.2)
+    ax.scatter([xs[-1] for _, xs, _ in lines], [ys[-1] for _, _, ys in lines], c=[c for c, _, _ in lines],
+               s=30, zorder=3)
+    _us_axis(ax)
+    _date_axis(ax.xaxis, [x for _, xs, _ in lines for x in xs])
+    ax.set_ylabel("slowest rank, µs")
+    _title(ax, title)
+    _save(fig, path)
+
+
+def _plot_alert(path: Path, title: str, xs: list, ys: list[float], bad: tuple, baseline: float,
+                after: float) -> None:
+    """One series around its change: the first bad night (x, label), the levels before and after."""
+    fig, ax = _figure()
+    ax.plot(xs, ys, marker=".", color="black")
+    ax.axvline(bad[0], color="red", linestyle="--", label=_label(f"first bad: {bad[1]}"))
+    ax.axhline(baseline, color="grey", linestyle=":", label=f"baseline {baseline:.1f} µs")
+    ax.axhline(after, color="red", linestyle=":", label=f"after {after:.1f} µs")
+    ax.set_ylabel("slowest rank, µs")
+    _title(ax, title)
+    ax.legend(fontsize=7, loc="upper left")
+    _date_axis(ax.xaxis, xs)
+    _save(fig, path)
+
+
+def _plot_backends(path: Path, title: str, lines: list[tuple[str, list[int], list[float]]]) -> None:
+    """Every backend's time against token count on one night (label, sizes, µs)."""
+    fig, ax = _figure()
+    for label, sizes, ys in lines:
+        ax.plot(sizes, ys, marker="o", label=_label(label))
+    _token_axis(ax, [size for _, sizes, _ in lines for size in sizes])
+    _us_axis(ax)
+    ax.set_xlabel("tokens per rank")
+    ax.set_ylabel("slowest rank, µs")
+    _title(ax, title)
+    ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path)
+
+
+def _draw(plots: list[tuple]) -> None:
+    for plot, args in plots:
+        plot(*args)
+
+
+def _workers(plots: int) -> int:
+    """Processes that draw the plots: MOECOMM_REPORT_WORKERS, else one per CPU this process may
+    use (at most 4), and none but this one for a few plots."""
+    setting = os.environ.get("MOECOMM_REPORT_WORKERS", "").strip()
+    if setting:
+        try:
+            return max(1, min(int(setting), 16))
+        except ValueError:
+            raise MoecommError(f"MOECOMM_REPORT_WORKERS={setting!r}: a number of processes (1 to 16)") from None
+    return 1 if plots < 12 else max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
+def _render(plots: list[tuple]) -> None:
+    """Draw `plots` ((function, args) each), in worker processes when there are many: a plot
+    costs tens of milliseconds of matplotlib, and a year's matrix has about a hundred."""
+    workers = _workers(len(plots))
+    if workers == 1:
+        _draw(plots)
+        return
+    chunks = [plots[i::workers] for i in range(workers)]
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for done in [pool.submit(_draw, chunk) for chunk in chunks]:
+                done.result(timeout=RENDER_TIMEOUT_S)
+    except (AssertionError, OSError, BrokenProcessPool) as error:
+        # No child processes here (a daemonic worker process, a process limit): draw them in this one.
+        log.warning("report: drawing the plots in this process (%s)", error or type(error).__name__)
+        _draw(plots)
+
+
+def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> Path:
+    """Write the report of `run_id` (default: the latest run) into `out`; return index.html's path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with engine.connect() as conn:
@@ -207,37 +309,28 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         if run is None:
             raise MoecommError(f"no run {run_id!r} (see: moecomm runs)")
         history = _history(conn, run_id)
-        spreads = _spreads(conn, sorted({p.run_id for points in history.values()
-                                         for p in points[-BASELINE_NIGHTS - 1:]}))
         alert_title, alerts = _alerts(conn, run_id)
         alert_points = [(a, _alert_series(conn, a)) for a in alerts]
 
     images: dict[str, list[tuple[str, str]]] = {"history": [], "alerts": [], "backends": []}
+    plots: list[tuple] = []
 
-    def save(fig, section: str, name: str, caption: str) -> None:
-        # Fixed margins, not tight_layout: measuring every label to fit them cost a second draw.
-        fig.subplots_adjust(left=0.12, right=0.98, bottom=0.14, top=0.89)
-        fig.savefig(out / name, dpi=90)
-        plt.close(fig)
+    def plot(section: str, name: str, caption: str, function, *args) -> None:
+        plots.append((function, (out / name, *args)))
         images[section].append((name, caption))
 
-    # The night against its history.
+    # The night against its history. One colour per token count, the same in every plot, keyed
+    # once on the page (a legend in each plot cost more than the rest of its drawing).
     groups: dict[tuple, dict[int, list[Point]]] = defaultdict(dict)
     for (profile, ep, backend, op, size, _quant, _gpu, knobs), points in history.items():
         groups[(profile, ep, f"{backend} [{knobs}]", op)][size] = points
+    colours = _size_colours({size for by_size in groups.values() for size in by_size})
     for (profile, ep, backend, op), by_size in sorted(groups.items()):
-        fig, ax = plt.subplots(figsize=(6.4, 3.0))
-        for size, points in sorted(by_size.items()):
-            xs = [p.run_at for p in points]
-            line, = ax.plot(xs, [p.value for p in points], marker=".", label=f"{size} tokens")
-            ax.plot([xs[-1]], [points[-1].value], marker="o", markersize=8, color=line.get_color())
-        _us_axis(ax)
-        _date_axis(ax.xaxis, [p.run_at for q in by_size.values() for p in q])
-        ax.set_ylabel("slowest rank, µs")
-        _title(ax, f"{profile} EP{ep} {backend} {op}")
-        ax.legend(fontsize=7, ncol=2)
-        save(fig, "history", f"history_{_slug(profile, ep, backend, op)}.png",
-             f"{profile}, EP {ep}, {backend}, {op}: the last {HISTORY_NIGHTS} nights (large dot: this night)")
+        plot("history", f"history_{_slug(profile, ep, backend, op)}.png",
+             f"{profile}, EP {ep}, {backend}, {op}: the last {HISTORY_NIGHTS} nights (dot: this night)",
+             _plot_history, f"{profile} EP{ep} {backend} {op}",
+             [(colours[size], [p.run_at for p in points], [p.value for p in points])
+              for size, points in sorted(by_size.items())])
 
     # The alerts, each series around its change.
     for alert, points in alert_points:
@@ -245,19 +338,13 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         if bad is None:
             continue
         window = points[max(0, bad - 21):bad + 14]
-        fig, ax = plt.subplots(figsize=(6.4, 3.0))
-        ax.plot([p.run_at for p in window], [p.value for p in window], marker=".", color="black")
-        ax.axvline(points[bad].run_at, color="red", linestyle="--", label=_label(f"first bad: {alert.first_bad_run_id}"))
-        ax.axhline(alert.baseline_us, color="grey", linestyle=":", label=f"baseline {alert.baseline_us:.1f} µs")
-        ax.axhline(alert.after_us, color="red", linestyle=":", label=f"after {alert.after_us:.1f} µs")
-        ax.set_ylabel("slowest rank, µs")
-        _title(ax, f"#{alert.alert_id} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} "
-                   f"{alert.profile} EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}")
-        ax.legend(fontsize=7)
-        _date_axis(ax.xaxis, [p.run_at for p in window])
-        save(fig, "alerts", f"alert_{alert.alert_id}.png",
+        plot("alerts", f"alert_{alert.alert_id}.png",
              f"alert #{alert.alert_id} ({alert.state}): {alert.change_pct:+.2f}%, confidence {alert.confidence:.4f}, "
-             f"last good {alert.last_good_run_id}, first bad {alert.first_bad_run_id}")
+             f"last good {alert.last_good_run_id}, first bad {alert.first_bad_run_id}",
+             _plot_alert, f"#{alert.alert_id} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} "
+                          f"{alert.profile} EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}",
+             [p.run_at for p in window], [p.value for p in window], (points[bad].run_at, alert.first_bad_run_id),
+             alert.baseline_us, alert.after_us)
 
     # The backend comparison on this night.
     comparison: dict[tuple, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
@@ -265,18 +352,12 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         if points[-1].run_id == run_id:
             comparison[(profile, ep, op)][f"{backend} [{knobs}]"].append((size, points[-1].value))
     for (profile, ep, op), by_backend in sorted(comparison.items()):
-        fig, ax = plt.subplots(figsize=(6.4, 3.0))
-        for backend, values in sorted(by_backend.items()):
-            values.sort()
-            ax.plot([v[0] for v in values], [v[1] for v in values], marker="o", label=_label(backend))
-        _token_axis(ax, [v[0] for values in by_backend.values() for v in values])
-        _us_axis(ax)
-        ax.set_xlabel("tokens per rank")
-        ax.set_ylabel("slowest rank, µs")
-        _title(ax, f"{profile} EP{ep} {op}: backends on {run_id}")
-        ax.legend(fontsize=7)
-        save(fig, "backends", f"backends_{_slug(profile, ep, op)}.png",
-             f"{profile}, EP {ep}, {op}: every backend against token count, this night")
+        plot("backends", f"backends_{_slug(profile, ep, op)}.png",
+             f"{profile}, EP {ep}, {op}: every backend against token count, this night",
+             _plot_backends, f"{profile} EP{ep} {op}: backends on {run_id}",
+             [(backend, [v[0] for v in sorted(values)], [v[1] for v in sorted(values)])
+              for backend, values in sorted(by_backend.items())])
+    _render(plots)
 
     table = []
     for key, points in history.items():
@@ -285,9 +366,9 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
         profile, ep, backend, op, size, _quant, _gpu, knobs = key
         base = _baseline(points)
         change = None if base is None else 100.0 * (points[-1].value - base) / base
-        spread = spreads.get((run_id, *key))
+        spread = points[-1].spread
         # The baseline's spread: the typical (median) spread of the nights it is made of.
-        known = [v for p in points[:-1][-BASELINE_NIGHTS:] if (v := spreads.get((p.run_id, *key))) is not None]
+        known = [p.spread for p in points[:-1][-BASELINE_NIGHTS:] if p.spread is not None]
         base_spread = statistics.median(known) if known else None
         marked = display.beyond_noise(points[-1].value, spread, base, base_spread)
         table.append(ReportRow(profile, ep, f"{backend} [{knobs}]", size, op, points[-1].value, spread, base,
@@ -295,12 +376,16 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
     table.sort(key=lambda r: -(r.change_pct if r.change_pct is not None else float("-inf")))
 
     index = out / "index.html"
-    index.write_text(_page(run_id, str(run.run_at), table, images, alert_title, len(alerts)), encoding="utf-8")
+    index.write_text(_page(run_id, str(run.run_at), table, images, alert_title, len(alerts), colours),
+                     encoding="utf-8")
     return index
 
 
-def _page(run_id: str, run_at: str, table: list[ReportRow], images: dict, alert_title: str, n_alerts: int) -> str:
+def _page(run_id: str, run_at: str, table: list[ReportRow], images: dict, alert_title: str, n_alerts: int,
+          colours: dict[int, str]) -> str:
     e = html.escape
+    key = " ".join(f'<span class="size"><span style="color:{c}">&#9632;</span> {size}</span>'
+                   for size, c in sorted(colours.items()))
 
     def figures(section: str) -> str:
         if not images[section]:
@@ -337,6 +422,7 @@ tr.moved td {{ font-weight: bold; background: #fff4e0; }}
 figure {{ margin: 0; }}
 figure img {{ width: 100%; height: auto; }}
 figcaption {{ font-size: 0.8em; color: #444; }}
+.key .size {{ white-space: nowrap; margin-right: 0.6em; }}
 </style></head><body>
 <h1>moecomm nightly report</h1>
 <p>Run <b>{e(run_id)}</b> at {e(run_at)}. Times are the slowest rank's (its median iteration where
@@ -351,6 +437,7 @@ together.</p>
 <table><tr><th>profile</th><th>EP</th><th>backend</th><th>tokens</th><th>op</th><th>µs</th><th>baseline µs</th><th>change</th></tr>
 {rows}
 </table>
+<p class="key">Token counts in the plots below: {key}</p>
 {figures("history")}
 <h2>Backends compared</h2>
 {figures("backends")}

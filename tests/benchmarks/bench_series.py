@@ -17,9 +17,11 @@ settings. Prints, from one process:
     series of the year), EXPLAIN ANALYZE'd: execution time each (warm), and the plan of the
     slowest with --plans.
 
-Usage: python tests/benchmarks/bench_series.py [--nights 365] [--plans]
+Usage: python tests/benchmarks/bench_series.py [--nights 365] [--plans] [--keep-year NAME] [--skip-full]
 The database server is MOECOMM_DATABASE_URL's (its user must be allowed to create databases) or
-the embedded PostgreSQL.
+the embedded PostgreSQL. With --keep-year NAME, the year's first nights and their first full
+detection are built once into the database NAME, kept, and copied by later runs (which then take
+minutes, not half an hour); --skip-full leaves out the full re-run and the alerts' comparison.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "integration"))
@@ -97,51 +100,96 @@ def timed(what, *args, **kwargs):
     return result, time.perf_counter() - started
 
 
+def build_year(engine: sa.Engine, nights: int, rng: random.Random) -> None:
+    """Load the year's first `nights` - 1 nights into `engine`'s (migrated) database and run the
+    first full detection, printing what each took."""
+    loads = []
+    for index in range(nights - 1):
+        parsed = night(index, rng)
+        loads.append(timed(store.load, engine, parsed, f"night-{index:03d}", START + timedelta(days=index))[1])
+    with engine.connect() as conn:
+        conn.execute(sa.text("ANALYZE"))
+        conn.commit()
+        values = conn.execute(sa.text("SELECT count(*) FROM measurement_flat")).scalar()
+    print(f"the year's first {nights - 1} nights loaded ({values:,} per-rank values): "
+          f"mean {sum(loads[1:]) / len(loads[1:]):.2f} s a night, max {max(loads[1:]):.2f} s")
+    raised, first_full = timed(alerts.run_detection, engine)
+    print(f"full detection through night {nights - 1} (sets every series' scan): {first_full:.1f} s, "
+          f"{len(raised)} alerts")
+    engine.dispose()
+
+
+def have_year(name: str, nights: int) -> bool:
+    """Whether the database `name` holds the year's first `nights` - 1 nights, detected; if it does
+    not exist, create and migrate it (empty) for `build_year`."""
+    from moecomm_tasks import migrate
+
+    admin = sa.create_engine(db.database_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+        if not exists:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    engine = db.make_engine(make_url(db.database_url()).set(database=name).render_as_string(hide_password=False))
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        loaded = conn.execute(sa.text("SELECT count(*) FROM run")).scalar()
+        scanned = conn.execute(sa.text("SELECT count(*) FROM series_scan")).scalar()
+    engine.dispose()
+    if exists and (loaded, bool(scanned)) != (nights - 1, True):
+        raise SystemExit(f"database {name} holds {loaded} nights, not the {nights - 1} of a year's build: "
+                         "drop it or name another")
+    return bool(exists)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nights", type=int, default=365)
     parser.add_argument("--plans", action="store_true", help="print the plan of each query over 20 ms")
+    parser.add_argument("--keep-year", metavar="NAME", help="build the year's first nights once into database NAME "
+                                                            "and keep it; later runs copy it")
+    parser.add_argument("--skip-full", action="store_true", help="leave out the full re-run")
     args = parser.parse_args()
     if not 30 <= args.nights <= 3650:
         parser.error("--nights: 30 to 3650")
     rng = random.Random(2026)
     print(f"matrix: {len(BACKENDS)} backends x {len(PROFILES)} profiles x EP {EP_SIZES} x {len(SIZES)} sizes x 2 ops "
           f"= {len(BACKENDS) * len(PROFILES) * len(EP_SIZES) * len(SIZES) * 2:,} series, {args.nights} nights")
-    with db.scratch_database(db.database_url(), "moecomm_bench_series") as url:
+    if args.keep_year and not have_year(args.keep_year, args.nights):
+        build_year(db.make_engine(make_url(db.database_url()).set(database=args.keep_year)
+                                  .render_as_string(hide_password=False)), args.nights, rng)
+    elif args.keep_year:
+        for index in range(args.nights - 1):  # the same random draws as the build
+            night(index, rng)
+        print(f"the year's first {args.nights - 1} nights and their full detection: kept in {args.keep_year}")
+    with db.scratch_database(db.database_url(), "moecomm_bench_series", template=args.keep_year) as url:
         engine = db.make_engine(url)
-        loads = []
-        for index in range(args.nights - 1):
-            parsed = night(index, rng)
-            loads.append(timed(store.load, engine, parsed, f"night-{index:03d}", START + timedelta(days=index))[1])
-        with engine.connect() as conn:
-            conn.execute(sa.text("ANALYZE"))
-            conn.commit()
-            values = conn.execute(sa.text("SELECT count(*) FROM measurement_flat")).scalar()
-        print(f"the year's first {args.nights - 1} nights loaded ({values:,} per-rank values): "
-              f"mean {sum(loads[1:]) / len(loads[1:]):.2f} s a night, max {max(loads[1:]):.2f} s")
-
-        raised, first_full = timed(alerts.run_detection, engine)
-        print(f"full detection through night {args.nights - 1} (sets every series' scan): {first_full:.1f} s, "
-              f"{len(raised)} alerts")
+        if not args.keep_year:
+            build_year(engine, args.nights, rng)
 
         last = f"night-{args.nights - 1:03d}"
         _, load_s = timed(store.load, engine, night(args.nights - 1, rng), last, START + timedelta(days=args.nights - 1))
         print(f"loading one night (1,152 series, series_night filled in its transaction): {load_s:.2f} s "
-              f"(target < 1 s; the year's mean {sum(loads[1:]) / len(loads[1:]):.2f} s)")
+              "(target < 1 s)")
 
         profile = cProfile.Profile()
         profile.enable()
         new, one_night = timed(alerts.run_detection, engine)
         profile.disable()
         nightly = alert_set(engine)
-        with engine.begin() as conn:
-            conn.execute(sa.text("DELETE FROM alert"))
-        _, full_s = timed(alerts.run_detection, engine, full=True)
-        rerun = alert_set(engine)
-        print(f"detecting one new night: {one_night:.2f} s ({len(new)} new alerts) | full re-run: {full_s:.1f} s "
-              f"(target <= 10 s)")
-        print(f"same alerts: {nightly == rerun} ({len(nightly)} after the nightly detection, {len(rerun)} after the "
-              f"full re-run; only in nightly {len(nightly - rerun)}, only in the full re-run {len(rerun - nightly)})")
+        if args.skip_full:
+            print(f"detecting one new night: {one_night:.2f} s ({len(new)} new alerts; target <= 10 s) | "
+                  "full re-run: skipped (--skip-full)")
+        else:
+            with engine.begin() as conn:
+                conn.execute(sa.text("DELETE FROM alert"))
+            _, full_s = timed(alerts.run_detection, engine, full=True)
+            rerun = alert_set(engine)
+            print(f"detecting one new night: {one_night:.2f} s ({len(new)} new alerts; target <= 10 s) | "
+                  f"full re-run: {full_s:.1f} s")
+            print(f"same alerts: {nightly == rerun} ({len(nightly)} after the nightly detection, {len(rerun)} after "
+                  f"the full re-run; only in nightly {len(nightly - rerun)}, only in the full re-run "
+                  f"{len(rerun - nightly)})")
         if one_night > 10:
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(12)
