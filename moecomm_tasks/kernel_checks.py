@@ -36,10 +36,11 @@ from typing import Any
 import cxxfilt
 import sqlalchemy as sa
 
-from moecomm_tasks.knobs import KNOB_FIELDS
+from moecomm_tasks.series import SERIES_KEY
 
-# The series key of a kernels alert, in the alert table's columns; its op is always `kernels`.
-KEY = ("backend", "profile", "ep_size", "quant_algo", "local_batch_size", "gpu_model", *KNOB_FIELDS)
+# The series key of a kernels alert, in the alert table's columns: a series' key but its op,
+# which is always `kernels`.
+KEY = tuple(k for k in SERIES_KEY if k != "op")
 KERNELS_OP = "kernels"
 # `detect` checks the nights of this many days before the newest run (a night whose detection
 # failed is checked by the next ones); `detect --full` checks every night.
@@ -151,7 +152,6 @@ Night = tuple[str, str, tuple[tuple[str, str, int], ...]]  # run_id, job_key, (p
 def _nights(conn: sa.Connection, since: datetime | None) -> dict[tuple, list[Night]]:
     """Every series' nights with a kernel breakdown, oldest first, each with its kernels as
     printed (phase, name, the largest count any rank reported)."""
-    knobs = ", ".join(f"m.{k}" for k in KNOB_FIELDS)
     # Grouping by the kernels' names sorts long texts: room for a few weeks of nights in memory
     # (the default 4 MB spills them to disk), for this transaction only.
     conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM_MB}MB'"))
@@ -163,22 +163,17 @@ def _nights(conn: sa.Connection, since: datetime | None) -> dict[tuple, list[Nig
              s AS (SELECT job_pk, backend, local_batch_size,
                           array_agg(phase) AS phases, array_agg(kernel) AS kernels, array_agg(count) AS counts
                    FROM k GROUP BY job_pk, backend, local_batch_size)
-        SELECT s.backend, j.profile, j.ep_size, COALESCE(j.quant_algo, '') AS quant_algo, s.local_batch_size,
-               COALESCE(p.gpu_model, '') AS gpu_model, {knobs}, r.run_id, r.run_at, j.job_key,
-               s.phases, s.kernels, s.counts
+        SELECT {', '.join('n.' + k for k in KEY)}, n.run_id, n.run_at, n.job_key, s.phases, s.kernels, s.counts
         FROM s
-        JOIN job j USING (job_pk)
-        JOIN run r USING (run_pk)
-        LEFT JOIN provenance p USING (job_pk)
-        -- The knobs are the measurement's: the same for every op of one backend and size.
-        JOIN LATERAL (SELECT {', '.join(KNOB_FIELDS)} FROM measurement
+        -- The series' key as series_night holds it (the same for every op of one backend and size).
+        JOIN LATERAL (SELECT * FROM series_night
                       WHERE job_pk = s.job_pk AND backend = s.backend AND local_batch_size = s.local_batch_size
-                      ORDER BY op LIMIT 1) m ON true
-        ORDER BY r.run_at, r.run_id, j.job_key"""), params).all()
+                            AND kind = 'nightly' AND NOT excluded
+                      ORDER BY op LIMIT 1) n ON true
+        ORDER BY n.run_at, n.run_id, n.job_key"""), params).all()
     nights: dict[tuple, list[Night]] = defaultdict(list)
     for row in rows:
-        key = (row.backend, row.profile, row.ep_size, row.quant_algo, row.local_batch_size, row.gpu_model,
-               *(getattr(row, k) for k in KNOB_FIELDS))
+        key = tuple(getattr(row, k) for k in KEY)
         nights[key].append((row.run_id, row.job_key, tuple(sorted(zip(row.phases, row.kernels, row.counts)))))
     return nights
 
