@@ -17,7 +17,7 @@ settings. Prints, from one process:
     series of the year), EXPLAIN ANALYZE'd: execution time each (warm), and the plan of the
     slowest with --plans.
 
-Usage: python tests/benchmarks/bench_series.py [--nights 365] [--plans] [--keep-year NAME] [--skip-full]
+Usage: python tests/benchmarks/bench_series.py [--nights 365] [--plans] [--keep-year NAME] [--skip-full] [--profile]
 The database server is MOECOMM_DATABASE_URL's (its user must be allowed to create databases) or
 the embedded PostgreSQL. With --keep-year NAME, the year's first nights and their first full
 detection are built once into the database NAME, kept, and copied by later runs (which then take
@@ -149,6 +149,8 @@ def main() -> None:
     parser.add_argument("--keep-year", metavar="NAME", help="build the year's first nights once into database NAME "
                                                             "and keep it; later runs copy it")
     parser.add_argument("--skip-full", action="store_true", help="leave out the full re-run")
+    parser.add_argument("--profile", action="store_true",
+                        help="print the profiles of the night's detection and the report (always; else past target)")
     args = parser.parse_args()
     if not 30 <= args.nights <= 3650:
         parser.error("--nights: 30 to 3650")
@@ -190,7 +192,7 @@ def main() -> None:
             print(f"same alerts: {nightly == rerun} ({len(nightly)} after the nightly detection, {len(rerun)} after "
                   f"the full re-run; only in nightly {len(nightly - rerun)}, only in the full re-run "
                   f"{len(rerun - nightly)})")
-        if one_night > 10:
+        if one_night > 10 or args.profile:
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(12)
             print(out.getvalue())
@@ -208,7 +210,7 @@ def main() -> None:
         print(f"the report: {report_s:.2f} s (target <= 5 s); its history query {new_history:.2f} s ({rows:,} points: "
               f"each series' last {report.HISTORY_NIGHTS}) | every series-night up to the night, as before: "
               f"{old_history:.2f} s")
-        if report_s > 5:
+        if report_s > 5 or args.profile:
             out = io.StringIO()
             pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(12)
             print(out.getvalue())
