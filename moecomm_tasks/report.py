@@ -221,18 +221,40 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
+# A worker's one history figure, drawn again for every history plot: its axes, ticks and lines
+# are made once (most of a plot's cost), then only their data, limits and title change.
+_HISTORY_CANVAS: dict[str, Any] = {}
+
+
 def _plot_history(path: Path, title: str, lines: list[tuple[str, list, list[float]]]) -> None:
     """Each token count's nights (colour, nights, µs), this night marked by a dot."""
-    fig, ax = _figure()
+    from matplotlib.dates import date2num
+
+    if not _HISTORY_CANVAS:
+        fig, ax = _figure()
+        _us_axis(ax)
+        ax.set_ylabel("slowest rank, µs")
+        fig.subplots_adjust(left=0.12, right=0.98, bottom=0.14, top=0.89)
+        _HISTORY_CANVAS.update(fig=fig, ax=ax, lines={}, dots=None)
+    fig, ax, drawn = _HISTORY_CANVAS["fig"], _HISTORY_CANVAS["ax"], _HISTORY_CANVAS["lines"]
+    for line in drawn.values():
+        line.set_visible(False)
     for colour, xs, ys in lines:
-        ax.plot(xs, ys, color=colour, linewidth=1.2)
-    ax.scatter([xs[-1] for _, xs, _ in lines], [ys[-1] for _, _, ys in lines], c=[c for c, _, _ in lines],
-               s=30, zorder=3)
-    _us_axis(ax)
+        if colour not in drawn:
+            drawn[colour], = ax.plot(xs, ys, color=colour, linewidth=1.2)
+        drawn[colour].set_data(xs, ys)
+        drawn[colour].set_visible(True)
+    if _HISTORY_CANVAS["dots"] is None:
+        _HISTORY_CANVAS["dots"] = ax.scatter([xs[-1] for _, xs, _ in lines], [ys[-1] for _, _, ys in lines],
+                                             c=[c for c, _, _ in lines], s=30, zorder=3)
+    dots = _HISTORY_CANVAS["dots"]
+    dots.set_offsets([(date2num(xs[-1]), ys[-1]) for _, xs, ys in lines])
+    dots.set_facecolors([c for c, _, _ in lines])
+    ax.relim(visible_only=True)
+    ax.autoscale_view()
     _date_axis(ax.xaxis, [x for _, xs, _ in lines for x in xs])
-    ax.set_ylabel("slowest rank, µs")
     _title(ax, title)
-    _save(fig, path)
+    fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})
 
 
 def _plot_alert(path: Path, title: str, xs: list, ys: list[float], bad: tuple, baseline: float,
@@ -265,8 +287,15 @@ def _plot_backends(path: Path, title: str, lines: list[tuple[str, list[int], lis
 
 
 def _draw(plots: list[tuple]) -> None:
-    for plot, args in plots:
-        plot(*args)
+    try:
+        for plot, args in plots:
+            plot(*args)
+    finally:
+        if _HISTORY_CANVAS:
+            import matplotlib.pyplot as plt
+
+            plt.close(_HISTORY_CANVAS["fig"])
+            _HISTORY_CANVAS.clear()
 
 
 def _workers(plots: int) -> int:
