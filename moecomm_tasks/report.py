@@ -27,6 +27,7 @@ import statistics
 import textwrap
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +194,16 @@ def _size_colours(sizes: set[int]) -> dict[int, str]:
     return {size: to_hex(cmap(0.9 * i / max(len(ordered) - 1, 1))) for i, size in enumerate(ordered)}
 
 
+def _backend_colours(backends: set[str]) -> dict[str, str]:
+    """A colour per backend (with its knobs), from matplotlib's tab10 (tab20 past ten backends)."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    ordered = sorted(backends)
+    cmap = colormaps["tab10" if len(ordered) <= 10 else "tab20"]
+    return {backend: to_hex(cmap(i % cmap.N)) for i, backend in enumerate(ordered)}
+
+
 def _slug(*parts: Any) -> str:
     return safe_name("_".join(str(p) for p in parts), "-").strip("-")
 
@@ -202,88 +213,109 @@ def _baseline(points: list[Point]) -> float | None:
     return statistics.median(earlier) if earlier else None
 
 
-def _figure():
-    import matplotlib
+class _Canvas:
+    """One figure a worker draws every plot of one kind on: its axes, ticks and lines are made
+    once (most of a plot's cost), then only their data, limits and title change. Lines are kept
+    by colour (each colour means one token count, or one backend, on every plot)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    def __init__(self, setup) -> None:
+        import matplotlib
 
-    return plt.subplots(figsize=(6.4, 3.0))
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        self.fig, self.ax = plt.subplots(figsize=(6.4, 3.0))
+        # Fixed margins, not tight_layout: measuring every label to fit them cost a second draw.
+        self.fig.subplots_adjust(left=0.12, right=0.98, bottom=0.14, top=0.89)
+        self.ax.set_ylabel("slowest rank, µs")
+        self.lines: dict[str, Any] = {}
+        self.extra: dict[str, Any] = setup(self.ax)
+
+    def draw(self, lines: list[tuple[str, list, list[float]]], **style) -> None:
+        """Show these lines (colour, xs, ys) and no other."""
+        for line in self.lines.values():
+            line.set_visible(False)
+        for colour, xs, ys in lines:
+            if colour not in self.lines:
+                self.lines[colour], = self.ax.plot(xs, ys, color=colour, **style)
+            self.lines[colour].set_data(xs, ys)
+            self.lines[colour].set_visible(True)
+
+    def save(self, path: Path, title: str) -> None:
+        self.ax.relim(visible_only=True)
+        self.ax.autoscale_view()
+        _title(self.ax, title)
+        # A quick PNG compression: the plots are a few tens of kB either way.
+        self.fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})
+
+    def close(self) -> None:
+        import matplotlib.pyplot as plt
+
+        plt.close(self.fig)
 
 
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    # Fixed margins, not tight_layout: measuring every label to fit them cost a second draw; a
-    # quick PNG compression (the plots are a few tens of kB either way).
-    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.14, top=0.89)
-    fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})
-    plt.close(fig)
+_CANVASES: dict[str, _Canvas] = {}  # this process's, by kind of plot
 
 
-# A worker's one history figure, drawn again for every history plot: its axes, ticks and lines
-# are made once (most of a plot's cost), then only their data, limits and title change.
-_HISTORY_CANVAS: dict[str, Any] = {}
+def _canvas(kind: str, setup) -> _Canvas:
+    if kind not in _CANVASES:
+        _CANVASES[kind] = _Canvas(setup)
+    return _CANVASES[kind]
+
+
+def _history_setup(ax) -> dict[str, Any]:
+    _us_axis(ax)
+    return {"dots": None}
 
 
 def _plot_history(path: Path, title: str, lines: list[tuple[str, list, list[float]]]) -> None:
     """Each token count's nights (colour, nights, µs), this night marked by a dot."""
     from matplotlib.dates import date2num
 
-    if not _HISTORY_CANVAS:
-        fig, ax = _figure()
-        _us_axis(ax)
-        ax.set_ylabel("slowest rank, µs")
-        fig.subplots_adjust(left=0.12, right=0.98, bottom=0.14, top=0.89)
-        _HISTORY_CANVAS.update(fig=fig, ax=ax, lines={}, dots=None)
-    fig, ax, drawn = _HISTORY_CANVAS["fig"], _HISTORY_CANVAS["ax"], _HISTORY_CANVAS["lines"]
-    for line in drawn.values():
-        line.set_visible(False)
-    for colour, xs, ys in lines:
-        if colour not in drawn:
-            drawn[colour], = ax.plot(xs, ys, color=colour, linewidth=1.2)
-        drawn[colour].set_data(xs, ys)
-        drawn[colour].set_visible(True)
-    if _HISTORY_CANVAS["dots"] is None:
-        _HISTORY_CANVAS["dots"] = ax.scatter([xs[-1] for _, xs, _ in lines], [ys[-1] for _, _, ys in lines],
-                                             c=[c for c, _, _ in lines], s=30, zorder=3)
-    dots = _HISTORY_CANVAS["dots"]
-    dots.set_offsets([(date2num(xs[-1]), ys[-1]) for _, xs, ys in lines])
-    dots.set_facecolors([c for c, _, _ in lines])
-    ax.relim(visible_only=True)
-    ax.autoscale_view()
-    _date_axis(ax.xaxis, [x for _, xs, _ in lines for x in xs])
-    _title(ax, title)
-    fig.savefig(path, dpi=90, pil_kwargs={"compress_level": 1})
+    canvas = _canvas("history", _history_setup)
+    canvas.draw(lines, linewidth=1.2)
+    last = [(xs[-1], ys[-1], colour) for colour, xs, ys in lines]
+    if canvas.extra["dots"] is None:
+        canvas.extra["dots"] = canvas.ax.scatter([x for x, _, _ in last], [y for _, y, _ in last], s=30, zorder=3)
+    canvas.extra["dots"].set_offsets([(date2num(x), y) for x, y, _ in last])
+    canvas.extra["dots"].set_facecolors([c for _, _, c in last])
+    _date_axis(canvas.ax.xaxis, [x for _, xs, _ in lines for x in xs])
+    canvas.save(path, title)
 
 
-def _plot_alert(path: Path, title: str, xs: list, ys: list[float], bad: tuple, baseline: float,
+def _alert_setup(ax) -> dict[str, Any]:
+    return {"bad": ax.axvline(0, color="red", linestyle="--"),
+            "baseline": ax.axhline(1, color="grey", linestyle=":"),
+            "after": ax.axhline(1, color="red", linestyle=":")}
+
+
+def _plot_alert(path: Path, title: str, xs: list, ys: list[float], bad: Any, baseline: float,
                 after: float) -> None:
-    """One series around its change: the first bad night (x, label), the levels before and after."""
-    fig, ax = _figure()
-    ax.plot(xs, ys, marker=".", color="black")
-    ax.axvline(bad[0], color="red", linestyle="--", label=_label(f"first bad: {bad[1]}"))
-    ax.axhline(baseline, color="grey", linestyle=":", label=f"baseline {baseline:.1f} µs")
-    ax.axhline(after, color="red", linestyle=":", label=f"after {after:.1f} µs")
-    ax.set_ylabel("slowest rank, µs")
-    _title(ax, title)
-    ax.legend(fontsize=7, loc="upper left")
-    _date_axis(ax.xaxis, xs)
-    _save(fig, path)
+    """One series around its change (black): its first bad night (dashed red), the baseline
+    (dotted grey) and the level after (dotted red)."""
+    from matplotlib.dates import date2num
+
+    canvas = _canvas("alert", _alert_setup)
+    canvas.draw([("black", xs, ys)], marker=".")
+    canvas.extra["bad"].set_xdata([date2num(bad)] * 2)
+    canvas.extra["baseline"].set_ydata([baseline] * 2)
+    canvas.extra["after"].set_ydata([after] * 2)
+    _date_axis(canvas.ax.xaxis, xs)
+    canvas.save(path, title)
+
+
+def _backends_setup(ax) -> dict[str, Any]:
+    _us_axis(ax)
+    ax.set_xlabel("tokens per rank")
+    return {}
 
 
 def _plot_backends(path: Path, title: str, lines: list[tuple[str, list[int], list[float]]]) -> None:
-    """Every backend's time against token count on one night (label, sizes, µs)."""
-    fig, ax = _figure()
-    for label, sizes, ys in lines:
-        ax.plot(sizes, ys, marker="o", label=_label(label))
-    _token_axis(ax, [size for _, sizes, _ in lines for size in sizes])
-    _us_axis(ax)
-    ax.set_xlabel("tokens per rank")
-    ax.set_ylabel("slowest rank, µs")
-    _title(ax, title)
-    ax.legend(fontsize=7, loc="upper left")
-    _save(fig, path)
+    """Every backend's time against token count on one night (its colour, sizes, µs)."""
+    canvas = _canvas("backends", _backends_setup)
+    canvas.draw(lines, marker="o")
+    _token_axis(canvas.ax, [size for _, sizes, _ in lines for size in sizes])
+    canvas.save(path, title)
 
 
 def _draw(plots: list[tuple]) -> None:
@@ -291,11 +323,9 @@ def _draw(plots: list[tuple]) -> None:
         for plot, args in plots:
             plot(*args)
     finally:
-        if _HISTORY_CANVAS:
-            import matplotlib.pyplot as plt
-
-            plt.close(_HISTORY_CANVAS["fig"])
-            _HISTORY_CANVAS.clear()
+        for canvas in _CANVASES.values():
+            canvas.close()
+        _CANVASES.clear()
 
 
 def _workers(plots: int) -> int:
@@ -310,111 +340,147 @@ def _workers(plots: int) -> int:
     return 1 if plots < 12 else max(1, min(len(os.sched_getaffinity(0)), 4))
 
 
-def _render(plots: list[tuple]) -> None:
-    """Draw `plots` ((function, args) each), in worker processes when there are many: a plot
-    costs tens of milliseconds of matplotlib, and a year's matrix has about a hundred."""
-    workers = _workers(len(plots))
+def _warm() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+
+
+def _start_workers(plots: int) -> tuple[ProcessPoolExecutor, int] | None:
+    """Worker processes for about `plots` plots (`_workers`), started now so that they import
+    matplotlib while this process reads the database; None: draw them in this process."""
+    workers = _workers(plots)
     if workers == 1:
+        return None
+    try:
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        for _ in range(workers):
+            pool.submit(_warm)
+        return pool, workers
+    except (AssertionError, OSError) as error:
+        # No child processes here (a daemonic worker process, a process limit): draw them in this one.
+        log.warning("report: drawing the plots in this process (%s)", error or type(error).__name__)
+        return None
+
+
+def _render(plots: list[tuple], workers: tuple[ProcessPoolExecutor, int] | None) -> None:
+    """Draw `plots` ((function, args) each), by the worker processes `workers` (`_start_workers`)
+    if any: a plot costs tens of milliseconds of matplotlib, and a year's matrix has about a
+    hundred."""
+    if workers is None:
         _draw(plots)
         return
-    chunks = [plots[i::workers] for i in range(workers)]
+    pool, workers = workers
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            for done in [pool.submit(_draw, chunk) for chunk in chunks]:
-                done.result(timeout=RENDER_TIMEOUT_S)
-    except (AssertionError, OSError, BrokenProcessPool) as error:
-        # No child processes here (a daemonic worker process, a process limit): draw them in this one.
+        for done in [pool.submit(_draw, plots[i::workers]) for i in range(workers)]:
+            done.result(timeout=RENDER_TIMEOUT_S)
+    except (OSError, BrokenProcessPool) as error:
         log.warning("report: drawing the plots in this process (%s)", error or type(error).__name__)
         _draw(plots)
 
 
 def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> Path:
     """Write the report of `run_id` (default: the latest run) into `out`; return index.html's path."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with engine.connect() as conn:
-        run_id = run_id or _latest_run(conn)
-        run = conn.execute(sa.text("SELECT run_id, run_at FROM run WHERE run_id = :r"), {"r": run_id}).first()
-        if run is None:
-            raise MoecommError(f"no run {run_id!r} (see: moecomm runs)")
-        history = _history(conn, run_id)
-        alert_title, alerts = _alerts(conn, run_id)
-        alert_points = [(a, _alert_series(conn, a)) for a in alerts]
+    with ExitStack() as cleanup:  # the worker processes, however this ends
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        with engine.connect() as conn:
+            run_id = run_id or _latest_run(conn)
+            run = conn.execute(sa.text("SELECT run_id, run_at FROM run WHERE run_id = :r"), {"r": run_id}).first()
+            if run is None:
+                raise MoecommError(f"no run {run_id!r} (see: moecomm runs)")
+            # As many history plots as the night has (profile, EP, backend and knobs, op); about a
+            # fifth more for the alerts and the backend comparison.
+            groups = conn.execute(sa.text(f"""
+                SELECT count(*) FROM (SELECT DISTINCT profile, ep_size, backend, op, {', '.join(KNOB_FIELDS)}
+                                      FROM series_night WHERE run_id = :r AND kind = 'nightly') g"""),
+                                  {"r": run_id}).scalar()
+            workers = _start_workers(groups + groups // 5)
+            if workers is not None:
+                cleanup.callback(workers[0].shutdown, cancel_futures=True)
+            history = _history(conn, run_id)
+            alert_title, alerts = _alerts(conn, run_id)
+            alert_points = [(a, _alert_series(conn, a)) for a in alerts]
 
-    images: dict[str, list[tuple[str, str]]] = {"history": [], "alerts": [], "backends": []}
-    plots: list[tuple] = []
+        images: dict[str, list[tuple[str, str]]] = {"history": [], "alerts": [], "backends": []}
+        plots: list[tuple] = []
 
-    def plot(section: str, name: str, caption: str, function, *args) -> None:
-        plots.append((function, (out / name, *args)))
-        images[section].append((name, caption))
+        def plot(section: str, name: str, caption: str, function, *args) -> None:
+            plots.append((function, (out / name, *args)))
+            images[section].append((name, caption))
 
-    # The night against its history. One colour per token count, the same in every plot, keyed
-    # once on the page (a legend in each plot cost more than the rest of its drawing).
-    groups: dict[tuple, dict[int, list[Point]]] = defaultdict(dict)
-    for (profile, ep, backend, op, size, _quant, _gpu, knobs), points in history.items():
-        groups[(profile, ep, f"{backend} [{knobs}]", op)][size] = points
-    colours = _size_colours({size for by_size in groups.values() for size in by_size})
-    for (profile, ep, backend, op), by_size in sorted(groups.items()):
-        plot("history", f"history_{_slug(profile, ep, backend, op)}.png",
-             f"{profile}, EP {ep}, {backend}, {op}: the last {HISTORY_NIGHTS} nights (dot: this night)",
-             _plot_history, f"{profile} EP{ep} {backend} {op}",
-             [(colours[size], [p.run_at for p in points], [p.value for p in points])
-              for size, points in sorted(by_size.items())])
+        # The night against its history. One colour per token count (below: per backend), the same
+        # in every plot, keyed once on the page: a legend in each plot cost more than the rest of it.
+        groups: dict[tuple, dict[int, list[Point]]] = defaultdict(dict)
+        for (profile, ep, backend, op, size, _quant, _gpu, knobs), points in history.items():
+            groups[(profile, ep, f"{backend} [{knobs}]", op)][size] = points
+        colours = _size_colours({size for by_size in groups.values() for size in by_size})
+        for (profile, ep, backend, op), by_size in sorted(groups.items()):
+            plot("history", f"history_{_slug(profile, ep, backend, op)}.png",
+                 f"{profile}, EP {ep}, {backend}, {op}: the last {HISTORY_NIGHTS} nights (dot: this night)",
+                 _plot_history, f"{profile} EP{ep} {backend} {op}",
+                 [(colours[size], [p.run_at for p in points], [p.value for p in points])
+                  for size, points in sorted(by_size.items())])
 
-    # The alerts, each series around its change.
-    for alert, points in alert_points:
-        bad = next((i for i, p in enumerate(points) if p.run_id == alert.first_bad_run_id), None)
-        if bad is None:
-            continue
-        window = points[max(0, bad - 21):bad + 14]
-        plot("alerts", f"alert_{alert.alert_id}.png",
-             f"alert #{alert.alert_id} ({alert.state}): {alert.change_pct:+.2f}%, confidence {alert.confidence:.4f}, "
-             f"last good {alert.last_good_run_id}, first bad {alert.first_bad_run_id}",
-             _plot_alert, f"#{alert.alert_id} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} "
-                          f"{alert.profile} EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}",
-             [p.run_at for p in window], [p.value for p in window], (points[bad].run_at, alert.first_bad_run_id),
-             alert.baseline_us, alert.after_us)
+        # The alerts, each series around its change.
+        for alert, points in alert_points:
+            bad = next((i for i, p in enumerate(points) if p.run_id == alert.first_bad_run_id), None)
+            if bad is None:
+                continue
+            window = points[max(0, bad - 21):bad + 14]
+            plot("alerts", f"alert_{alert.alert_id}.png",
+                 f"alert #{alert.alert_id} ({alert.state}): {alert.change_pct:+.2f}%, confidence {alert.confidence:.4f}, "
+                 f"baseline {alert.baseline_us:.1f} µs, after {alert.after_us:.1f} µs, "
+                 f"last good {alert.last_good_run_id}, first bad {alert.first_bad_run_id}",
+                 _plot_alert, f"#{alert.alert_id} {alert.direction} {alert.change_pct:+.1f}%: {alert.backend} "
+                              f"{alert.profile} EP{alert.ep_size} {alert.local_batch_size} tokens {alert.op}",
+                 [p.run_at for p in window], [p.value for p in window], points[bad].run_at,
+                 alert.baseline_us, alert.after_us)
 
-    # The backend comparison on this night.
-    comparison: dict[tuple, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for (profile, ep, backend, op, size, _quant, _gpu, knobs), points in history.items():
-        if points[-1].run_id == run_id:
-            comparison[(profile, ep, op)][f"{backend} [{knobs}]"].append((size, points[-1].value))
-    for (profile, ep, op), by_backend in sorted(comparison.items()):
-        plot("backends", f"backends_{_slug(profile, ep, op)}.png",
-             f"{profile}, EP {ep}, {op}: every backend against token count, this night",
-             _plot_backends, f"{profile} EP{ep} {op}: backends on {run_id}",
-             [(backend, [v[0] for v in sorted(values)], [v[1] for v in sorted(values)])
-              for backend, values in sorted(by_backend.items())])
-    _render(plots)
+        # The backend comparison on this night.
+        comparison: dict[tuple, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
+        for (profile, ep, backend, op, size, _quant, _gpu, knobs), points in history.items():
+            if points[-1].run_id == run_id:
+                comparison[(profile, ep, op)][f"{backend} [{knobs}]"].append((size, points[-1].value))
+        backend_colours = _backend_colours({backend for by_backend in comparison.values() for backend in by_backend})
+        for (profile, ep, op), by_backend in sorted(comparison.items()):
+            plot("backends", f"backends_{_slug(profile, ep, op)}.png",
+                 f"{profile}, EP {ep}, {op}: every backend against token count, this night",
+                 _plot_backends, f"{profile} EP{ep} {op}: backends on {run_id}",
+                 [(backend_colours[backend], [v[0] for v in sorted(values)], [v[1] for v in sorted(values)])
+                  for backend, values in sorted(by_backend.items())])
+        _render(plots, workers)
 
-    table = []
-    for key, points in history.items():
-        if points[-1].run_id != run_id:
-            continue
-        profile, ep, backend, op, size, _quant, _gpu, knobs = key
-        base = _baseline(points)
-        change = None if base is None else 100.0 * (points[-1].value - base) / base
-        spread = points[-1].spread
-        # The baseline's spread: the typical (median) spread of the nights it is made of.
-        known = [p.spread for p in points[:-1][-BASELINE_NIGHTS:] if p.spread is not None]
-        base_spread = statistics.median(known) if known else None
-        marked = display.beyond_noise(points[-1].value, spread, base, base_spread)
-        table.append(ReportRow(profile, ep, f"{backend} [{knobs}]", size, op, points[-1].value, spread, base,
-                               base_spread, change, bool(marked)))
-    table.sort(key=lambda r: -(r.change_pct if r.change_pct is not None else float("-inf")))
+        table = []
+        for key, points in history.items():
+            if points[-1].run_id != run_id:
+                continue
+            profile, ep, backend, op, size, _quant, _gpu, knobs = key
+            base = _baseline(points)
+            change = None if base is None else 100.0 * (points[-1].value - base) / base
+            spread = points[-1].spread
+            # The baseline's spread: the typical (median) spread of the nights it is made of.
+            known = [p.spread for p in points[:-1][-BASELINE_NIGHTS:] if p.spread is not None]
+            base_spread = statistics.median(known) if known else None
+            marked = display.beyond_noise(points[-1].value, spread, base, base_spread)
+            table.append(ReportRow(profile, ep, f"{backend} [{knobs}]", size, op, points[-1].value, spread, base,
+                                   base_spread, change, bool(marked)))
+        table.sort(key=lambda r: -(r.change_pct if r.change_pct is not None else float("-inf")))
 
-    index = out / "index.html"
-    index.write_text(_page(run_id, str(run.run_at), table, images, alert_title, len(alerts), colours),
-                     encoding="utf-8")
-    return index
+        index = out / "index.html"
+        index.write_text(_page(run_id, str(run.run_at), table, images, alert_title, len(alerts), colours,
+                               backend_colours), encoding="utf-8")
+        return index
 
 
 def _page(run_id: str, run_at: str, table: list[ReportRow], images: dict, alert_title: str, n_alerts: int,
-          colours: dict[int, str]) -> str:
+          colours: dict[int, str], backend_colours: dict[str, str]) -> str:
     e = html.escape
-    key = " ".join(f'<span class="size"><span style="color:{c}">&#9632;</span> {size}</span>'
-                   for size, c in sorted(colours.items()))
+
+    def key(colours: dict) -> str:
+        return " ".join(f'<span class="key"><span style="color:{c}">&#9632;</span> {e(str(name))}</span>'
+                        for name, c in sorted(colours.items()))
 
     def figures(section: str) -> str:
         if not images[section]:
@@ -451,7 +517,7 @@ tr.moved td {{ font-weight: bold; background: #fff4e0; }}
 figure {{ margin: 0; }}
 figure img {{ width: 100%; height: auto; }}
 figcaption {{ font-size: 0.8em; color: #444; }}
-.key .size {{ white-space: nowrap; margin-right: 0.6em; }}
+.key {{ white-space: nowrap; margin-right: 0.6em; }}
 </style></head><body>
 <h1>moecomm nightly report</h1>
 <p>Run <b>{e(run_id)}</b> at {e(run_at)}. Times are the slowest rank's (its median iteration where
@@ -461,14 +527,17 @@ standard deviation if larger; for the baseline, the median of its nights' spread
 marked {display.MARK} (and in bold) is larger than this night's and the baseline's spreads
 together.</p>
 <h2>Alerts {e(alert_title)}: {n_alerts}</h2>
+<p>Each alert's series (black) around its first bad night (dashed red), with the baseline (dotted
+grey) and the level after the change (dotted red).</p>
 {figures("alerts")}
 <h2>This night against its history</h2>
 <table><tr><th>profile</th><th>EP</th><th>backend</th><th>tokens</th><th>op</th><th>µs</th><th>baseline µs</th><th>change</th></tr>
 {rows}
 </table>
-<p class="key">Token counts in the plots below: {key}</p>
+<p>Token counts in the plots below: {key(colours)}</p>
 {figures("history")}
 <h2>Backends compared</h2>
+<p>Backends in the plots below: {key(backend_colours)}</p>
 {figures("backends")}
 </body></html>
 """

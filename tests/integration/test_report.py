@@ -115,6 +115,7 @@ def test_plots_drawn_by_worker_processes_are_those_drawn_in_process(engine, week
     for name in drawn:
         assert Image.open(tmp_path / "1" / name).tobytes() == Image.open(tmp_path / "2" / name).tobytes(), name
     assert "Token counts in the plots below:" in pages["1"] and "&#9632;</span> 1024" in pages["1"]
+    assert "Backends in the plots below:" in pages["1"] and "&#9632;</span> TORCH_ALLTOALL [" in pages["1"]
     monkeypatch.setenv("MOECOMM_REPORT_WORKERS", "many")
     with pytest.raises(MoecommError, match="MOECOMM_REPORT_WORKERS"):
         report.write_report(engine, tmp_path / "bad", weeks_of_nights[-1])
