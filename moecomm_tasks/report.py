@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import statistics
 import textwrap
+import warnings
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
@@ -55,7 +56,13 @@ class Point:
     run_id: str
     run_at: Any
     value: float
-    spread: float | None = None  # the night's within-night spread (`display.spread_us`)
+    half_rank_range_us: float | None = None
+    within_night_stdev_us: float | None = None
+
+    @property
+    def spread(self) -> float | None:
+        """The night's within-night spread (`display.spread_us`)."""
+        return display.spread_us(self.half_rank_range_us, self.within_night_stdev_us)
 
 
 @dataclass(frozen=True)
@@ -89,7 +96,7 @@ def _history(conn: sa.Connection, run_id: str) -> dict[tuple, list[Point]]:
     (each series' last nights through its index: never the whole history). Keyed by (profile,
     EP size, backend, op, size, quantization, GPU model, knobs)."""
     rows = conn.execute(sa.text(f"""
-        SELECT s.backend, s.profile, s.ep_size, s.quant_algo, s.local_batch_size, s.op, s.gpu_model,
+        SELECT s.series_pk, s.backend, s.profile, s.ep_size, s.quant_algo, s.local_batch_size, s.op, s.gpu_model,
                {', '.join('s.' + k for k in KNOB_FIELDS)}, h.run_id, h.run_at, h.night_us AS value,
                h.half_rank_range_us, h.within_night_stdev_us
         FROM series_night t
@@ -102,13 +109,16 @@ def _history(conn: sa.Connection, run_id: str) -> dict[tuple, list[Point]]:
             ORDER BY n.run_at DESC, n.run_id DESC LIMIT :keep) h
         WHERE t.run_id = :run AND t.kind = 'nightly'
         ORDER BY s.profile, s.ep_size, s.backend, s.op, s.local_batch_size, {', '.join('s.' + k for k in KNOB_FIELDS)},
-                 h.run_at, h.run_id
+                 s.series_pk, h.run_at, h.run_id
     """), {"run": run_id, "keep": HISTORY_NIGHTS}).all()
     series: dict[tuple, list[Point]] = defaultdict(list)
-    for r in rows:
-        series[(r.profile, r.ep_size, r.backend, r.op, r.local_batch_size, r.quant_algo, r.gpu_model,
-                knob_label(r))].append(Point(r.run_id, r.run_at, float(r.value),
-                                             display.spread_us(r.half_rank_range_us, r.within_night_stdev_us)))
+    current, key = None, None
+    for r in rows:  # a series' nights one after the other: its key (and knobs' label) once
+        if r.series_pk != current:
+            current = r.series_pk
+            key = (r.profile, r.ep_size, r.backend, r.op, r.local_batch_size, r.quant_algo, r.gpu_model,
+                   knob_label(r))
+        series[key].append(Point(r.run_id, r.run_at, float(r.value), r.half_rank_range_us, r.within_night_stdev_us))
     return dict(series)
 
 
@@ -329,8 +339,8 @@ def _draw(plots: list[tuple]) -> None:
 
 
 def _workers(plots: int) -> int:
-    """Processes that draw the plots: MOECOMM_REPORT_WORKERS, else one per CPU this process may
-    use (at most 4), and none but this one for a few plots."""
+    """Processes that draw the plots, this one included: MOECOMM_REPORT_WORKERS, else one per CPU
+    this process may use (at most 4), and this one alone for a few plots."""
     setting = os.environ.get("MOECOMM_REPORT_WORKERS", "").strip()
     if setting:
         try:
@@ -348,15 +358,21 @@ def _warm() -> None:
 
 
 def _start_workers(plots: int) -> tuple[ProcessPoolExecutor, int] | None:
-    """Worker processes for about `plots` plots (`_workers`), started now so that they import
-    matplotlib while this process reads the database; None: draw them in this process."""
-    workers = _workers(plots)
-    if workers == 1:
+    """The worker processes that draw about `plots` plots beside this one (`_workers`), started
+    now so that they import matplotlib while this process reads the database; None: this process
+    draws them alone."""
+    workers = _workers(plots) - 1
+    if workers < 1 or "fork" not in multiprocessing.get_all_start_methods():
         return None
     try:
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        for _ in range(workers):
-            pool.submit(_warm)
+        # Forked, not spawned: a spawned child imports the caller's main module again, which a
+        # script without a main guard cannot bear. A child only draws: it never touches this
+        # process's connections or threads (the database watchdog), and leaves with os._exit.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+            pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+            for _ in range(workers):
+                pool.submit(_warm)
         return pool, workers
     except (AssertionError, OSError) as error:
         # No child processes here (a daemonic worker process, a process limit): draw them in this one.
@@ -365,19 +381,28 @@ def _start_workers(plots: int) -> tuple[ProcessPoolExecutor, int] | None:
 
 
 def _render(plots: list[tuple], workers: tuple[ProcessPoolExecutor, int] | None) -> None:
-    """Draw `plots` ((function, args) each), by the worker processes `workers` (`_start_workers`)
-    if any: a plot costs tens of milliseconds of matplotlib, and a year's matrix has about a
-    hundred."""
+    """Draw `plots` ((function, args) each), a share here and one in each worker process of
+    `workers` (`_start_workers`) if any: a plot costs tens of milliseconds of matplotlib, and a
+    year's matrix has about a hundred."""
     if workers is None:
         _draw(plots)
         return
     pool, workers = workers
+    shares = [plots[i::workers + 1] for i in range(workers + 1)]
     try:
-        for done in [pool.submit(_draw, plots[i::workers]) for i in range(workers)]:
-            done.result(timeout=RENDER_TIMEOUT_S)
+        running = [(pool.submit(_draw, share), share) for share in shares[1:]]
     except (OSError, BrokenProcessPool) as error:
         log.warning("report: drawing the plots in this process (%s)", error or type(error).__name__)
-        _draw(plots)
+        running = [(None, share) for share in shares[1:]]
+    _draw(shares[0])
+    for done, share in running:
+        try:
+            if done is not None:
+                done.result(timeout=RENDER_TIMEOUT_S)
+                continue
+        except (OSError, BrokenProcessPool) as error:
+            log.warning("report: drawing the plots in this process (%s)", error or type(error).__name__)
+        _draw(share)
 
 
 def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> Path:
