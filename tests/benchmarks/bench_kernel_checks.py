@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
+from pathlib import Path
 
-from moecomm_tasks import db, kernel_checks, store
-from moecomm_tasks.records import KernelTiming, ParsedJob, ParsedOutput, RunHeader, Stats, Timing
+sys.path.insert(0, str(Path(__file__).parent))
 
-BACKENDS = ("ALLGATHER", "NVLINK_ONE_SIDED", "NVLINK_TWO_SIDED", "DEEPEP", "DEEPEPLOWLATENCY", "NCCL_EP")
-PROFILES = {"deepseek_v3": (7168, 8, 256, "FP8_BLOCK_SCALES"), "gpt_oss": (2880, 4, 128, "W4A8_MXFP4_MXFP8")}
-EP_SIZES = (4, 8, 16)
-SIZES = tuple(128 * i for i in range(1, 17))
-START = datetime(2025, 11, 24, 2, 0, tzinfo=timezone.utc)
+from bench_load import BACKENDS, EP_SIZES, PROFILES, SIZES, START  # noqa: E402  (the loader benchmark's matrix)
+
+from moecomm_tasks import db, kernel_checks, store  # noqa: E402
+from moecomm_tasks.records import KernelTiming, ParsedJob, ParsedOutput, RunHeader, Stats, Timing  # noqa: E402
+
 KERNELS = (("dispatch", "_ZN8moe_comm20moeA2ADispatchKernelILi4EEEvPKfPfi"), ("dispatch", "moePrepareKernel"),
            ("combine", "void moe_comm::moeA2ACombineKernel<4>(float const*, float*, int)"),
            ("other", "void at::native::vectorized_elementwise_kernel<4, at::native::FillFunctor<int> >(int, "
