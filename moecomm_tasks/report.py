@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import multiprocessing
 import os
 import statistics
@@ -177,7 +178,14 @@ def _token_axis(ax, sizes: list[int]) -> None:
     """A log2 token axis labelled with the sizes themselves (32, 64, 128), not powers of two."""
     from matplotlib.ticker import FixedLocator, FixedFormatter, NullLocator
 
-    ticks = sorted(set(sizes))
+    ticks: list[int] = []
+    sizes = sorted(set(sizes))
+    # At most about eight labels, none closer than an eighth of the axis to the one before it
+    # (sizes like 128, 256, 384, ... crowd at the right of a log axis).
+    gap = math.log2(sizes[-1] / sizes[0]) / 8 if sizes and sizes[0] > 0 else 0.0
+    for size in sizes:
+        if not ticks or math.log2(size / ticks[-1]) >= gap:
+            ticks.append(size)
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_major_formatter(FixedFormatter([str(t) for t in ticks]))

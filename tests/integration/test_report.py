@@ -82,6 +82,15 @@ def test_report_plots_label_token_axes_with_the_sizes_and_fit_their_titles():
     figure = fig.bbox
     assert title.x0 >= figure.x0 and title.x1 <= figure.x1 and title.y1 <= figure.y1, (title, figure)
     plt.close(fig)
+    # Sizes that crowd the right of a log axis (128, 256, ..., 2048) are labelled sparsely.
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
+    report._token_axis(ax, [128 * i for i in range(1, 17)])
+    fig.canvas.draw()
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[:3] == ["128", "256", "384"] and len(labels) <= 9, labels
+    boxes = [t.get_window_extent(fig.canvas.get_renderer()) for t in ax.get_xticklabels()]
+    assert all(a.x1 < b.x0 for a, b in zip(boxes, boxes[1:])), "tick labels overlap"
+    plt.close(fig)
 
 
 def test_report_of_an_earlier_run_and_errors(engine, weeks_of_nights, tmp_path, database_url, monkeypatch):
