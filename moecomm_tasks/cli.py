@@ -258,8 +258,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows = query.compare(_engine(), args.run_a, args.run_b)
     shown = []
     for r in rows:
-        spread_a = display.spread_us(r.a_half_rank_range_us, r.a_stdev_us)
-        spread_b = display.spread_us(r.b_half_rank_range_us, r.b_stdev_us)
+        spread_a = display.spread_us(r.a_half_rank_range_us, r.a_within_night_stdev_us)
+        spread_b = display.spread_us(r.b_half_rank_range_us, r.b_within_night_stdev_us)
         moved = display.beyond_noise(r.a_us, spread_a, r.b_us, spread_b)
         shown.append((r.backend, r.profile, r.ep_size, r.local_batch_size, r.op, query.knob_label(r),
                       display.with_spread(r.a_us, spread_a), display.with_spread(r.b_us, spread_b),

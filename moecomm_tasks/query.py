@@ -170,9 +170,13 @@ class TrendGroup:
     rows: list[tuple]
 
 
-# The spread of a night (display.spread_us) as SQL: half the ranks' range and the iterations' stdev.
-_SPREAD_COLUMNS = ("CASE WHEN n_ranks > 1 THEN (slowest_rank_us - fastest_rank_us) / 2 END AS half_rank_range_us, "
-                   "within_night_stdev_us")
+def spread_columns(table: str = "", prefix: str = "") -> str:
+    """What a night's spread (`display.spread_us`) is made of, as SQL columns of `table` (an alias,
+    or none) named `prefix`half_rank_range_us and `prefix`within_night_stdev_us: half the ranks'
+    range (with more than one rank) and the iterations' standard deviation."""
+    t = f"{table}." if table else ""
+    return (f"CASE WHEN {t}n_ranks > 1 THEN ({t}slowest_rank_us - {t}fastest_rank_us) / 2 END "
+            f"AS {prefix}half_rank_range_us, {t}within_night_stdev_us AS {prefix}within_night_stdev_us")
 
 
 def trend_table(engine: Engine, series: SeriesFilter, last: int = 10,
@@ -196,7 +200,7 @@ def trend_table(engine: Engine, series: SeriesFilter, last: int = 10,
         rows = conn.execute(sa.text(f"""
             SELECT backend, profile, ep_size, local_batch_size, op, COALESCE(quant_algo, '') AS quant_algo,
                    COALESCE(gpu_model, '') AS gpu_model, {', '.join(KNOB_FIELDS)}, run_id, run_at, median_us,
-                   {_SPREAD_COLUMNS}
+                   {spread_columns()}
             FROM nightly_series WHERE {where} AND run_id = ANY(:wanted)
             ORDER BY profile, ep_size, backend, local_batch_size, op, quant_algo, gpu_model,
                      {', '.join(KNOB_FIELDS)}, run_at, run_id
@@ -238,7 +242,7 @@ def compare(engine: Engine, run_a: str, run_b: str) -> list[sa.Row]:
         missing = [r for r in (run_a, run_b) if r not in known]
         if missing:
             raise MoecommError(f"no run with id {', '.join(missing)} (see: moecomm runs)")
-        return list(conn.execute(sa.text("""
+        return list(conn.execute(sa.text(f"""
             WITH a AS (SELECT * FROM nightly_series WHERE run_id = :a),
                  b AS (SELECT * FROM nightly_series WHERE run_id = :b)
             SELECT COALESCE(a.backend, b.backend) AS backend,
@@ -253,10 +257,7 @@ def compare(engine: Engine, run_a: str, run_b: str) -> list[sa.Row]:
                    COALESCE(a.low_precision_combine, b.low_precision_combine) AS low_precision_combine,
                    a.median_us AS a_us, b.median_us AS b_us,
                    a.median_us / NULLIF(b.median_us, 0) AS speedup,
-                   CASE WHEN a.n_ranks > 1 THEN (a.slowest_rank_us - a.fastest_rank_us) / 2 END AS a_half_rank_range_us,
-                   a.within_night_stdev_us AS a_stdev_us,
-                   CASE WHEN b.n_ranks > 1 THEN (b.slowest_rank_us - b.fastest_rank_us) / 2 END AS b_half_rank_range_us,
-                   b.within_night_stdev_us AS b_stdev_us
+                   {spread_columns("a", "a_")}, {spread_columns("b", "b_")}
             FROM a FULL JOIN b
               ON (a.backend, a.profile, a.ep_size, COALESCE(a.quant_algo, ''), a.local_batch_size, a.op,
                   a.cuda_graph, a.pdl, a.perfect_router, a.payload_in_workspace, a.low_precision_combine,

@@ -42,7 +42,7 @@ from moecomm_tasks import display
 from moecomm_tasks.errors import MoecommError
 from moecomm_tasks.knobs import KNOB_FIELDS
 from moecomm_tasks.names import safe_name
-from moecomm_tasks.query import knob_label
+from moecomm_tasks.query import knob_label, spread_columns
 from moecomm_tasks.series import SERIES_KEY
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,7 @@ def _history(conn: sa.Connection, run_id: str) -> dict[tuple, list[Point]]:
         FROM series_night t
         JOIN series s USING (series_pk)
         CROSS JOIN LATERAL (
-            SELECT n.run_id, n.run_at, n.night_us, n.within_night_stdev_us,
-                   CASE WHEN n.n_ranks > 1 THEN (n.slowest_rank_us - n.fastest_rank_us) / 2 END AS half_rank_range_us
+            SELECT n.run_id, n.run_at, n.night_us, {spread_columns("n")}
             FROM series_night n
             WHERE n.series_pk = t.series_pk AND n.kind = 'nightly' AND NOT n.excluded AND n.run_at <= t.run_at
             ORDER BY n.run_at DESC, n.run_id DESC LIMIT :keep) h
