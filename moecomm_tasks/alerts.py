@@ -41,6 +41,12 @@ def _provenance(conn: sa.Connection, run_id: str, job_key: str) -> dict[str, Any
     return dict(row._mapping) if row else {}
 
 
+def _provenance_diff(conn: sa.Connection, good: tuple[str, str], bad: tuple[str, str]) -> dict[str, list]:
+    """What differs in provenance between two jobs, each (run id, job key): field -> [before, after]."""
+    before, after = _provenance(conn, *good), _provenance(conn, *bad)
+    return {f: [before.get(f), after.get(f)] for f in PROVENANCE_FIELDS if before.get(f) != after.get(f)}
+
+
 def _input(series: history.SeriesHistory) -> SeriesInput:
     """A series' nights as the detector reads them: the slowest rank's median (its mean without
     --iter_stats); with --iter_stats, that median's standard error (~200 iterations) and the
@@ -94,9 +100,7 @@ def _store(conn: sa.Connection, key: tuple, nights: list, changes: list,
     raised = []
     for change in changes:
         good, bad = nights[change.last_good], nights[change.first_bad]
-        before = _provenance(conn, good.run_id, good.job_key)
-        after = _provenance(conn, bad.run_id, bad.job_key)
-        diff = {f: [before.get(f), after.get(f)] for f in PROVENANCE_FIELDS if before.get(f) != after.get(f)}
+        diff = _provenance_diff(conn, (good.run_id, good.job_key), (bad.run_id, bad.job_key))
         row = conn.execute(sa.text("""
             INSERT INTO alert (backend, profile, ep_size, quant_algo, local_batch_size, op, gpu_model,
                                cuda_graph, pdl, perfect_router, payload_in_workspace,
@@ -134,9 +138,8 @@ def _raise_kernel_changes(conn: sa.Connection, since: datetime | None) -> list[A
     confirmed as they are."""
     raised = []
     for change in kernel_checks.changes(conn, since):
-        before = _provenance(conn, change.last_good_run_id, change.last_good_job_key)
-        after = _provenance(conn, change.first_bad_run_id, change.first_bad_job_key)
-        diff = {f: [before.get(f), after.get(f)] for f in PROVENANCE_FIELDS if before.get(f) != after.get(f)}
+        diff = _provenance_diff(conn, (change.last_good_run_id, change.last_good_job_key),
+                                (change.first_bad_run_id, change.first_bad_job_key))
         row = conn.execute(sa.text(f"""
             INSERT INTO alert ({', '.join(kernel_checks.KEY)}, op, kind, direction,
                                last_good_run_id, first_bad_run_id, detected_run_id, provenance_diff, kernel_diff,
