@@ -212,7 +212,7 @@ def test_nightly_run_end_to_end_with_a_crash_and_a_hang(tmp_path, database_url, 
     # The report task wrote the run's HTML report, whatever failed before it.
     report = airflow_home / "logs" / "moecomm" / "reports" / "manual__2026-11-20T02_00_00_00_00" / "index.html"
     assert report.exists() and f"HTML report: {report}" in first.stdout
-    assert "backends_deepseek_v3_2_dispatch.png" in report.read_text()
+    assert "backends_deepseek_v3_2_dispatch.svg" in report.read_text()
 
     before = counts(engine)
     second = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=env)

@@ -94,6 +94,6 @@ def test_the_report_draws_any_name_literally(engine, database_url, hostile_histo
     assert main(["report", "--out", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     assert "X$\\badcmd{$" in page and "&lt;!channel&gt;" in page
-    assert len(list((tmp_path / "report").glob("*.png"))) >= len(BACKENDS)
+    assert len(list((tmp_path / "report").glob("*.svg"))) >= len(BACKENDS)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT count(*) FROM measurement")).scalar() == NIGHTS * len(BACKENDS)
