@@ -534,7 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json"], default="text")
     p.set_defaults(func=cmd_bisect)
 
-    p = sub.add_parser("report", help="write the HTML report of a run (index.html and PNG plots) into a folder")
+    p = sub.add_parser("report", help="write the HTML report of a run (index.html and SVG plots) into a folder")
     p.add_argument("--out", required=True, help="the folder (created if needed)")
     p.add_argument("--run-id", help="default: the latest run")
     p.set_defaults(func=cmd_report)

@@ -48,7 +48,8 @@ from moecomm_tasks.series import SERIES_KEY
 log = logging.getLogger(__name__)
 
 HISTORY_NIGHTS = 30
-RENDER_TIMEOUT_S = 600  # the plots of one worker process, at most
+RENDER_TIMEOUT_S = 600  # a batch of plots in a worker process, at most
+RENDER_BATCH = 3  # plots a worker process draws per task
 BASELINE_NIGHTS = 7
 
 
@@ -346,13 +347,15 @@ def _plot_backends(path: Path, title: str, lines: list[tuple[str, list[int], lis
 
 
 def _draw(plots: list[tuple]) -> None:
-    try:
-        for plot, args in plots:
-            plot(*args)
-    finally:
-        for canvas in _CANVASES.values():
-            canvas.close()
-        _CANVASES.clear()
+    """Draw these plots on this process's canvases (kept for its next batch)."""
+    for plot, args in plots:
+        plot(*args)
+
+
+def _close_canvases() -> None:
+    for canvas in _CANVASES.values():
+        canvas.close()
+    _CANVASES.clear()
 
 
 def _workers(plots: int) -> int:
@@ -398,28 +401,40 @@ def _start_workers(plots: int) -> tuple[ProcessPoolExecutor, int] | None:
 
 
 def _render(plots: list[tuple], workers: tuple[ProcessPoolExecutor, int] | None) -> None:
-    """Draw `plots` ((function, args) each), a share here and one in each worker process of
+    """Draw `plots` ((function, args) each), in this process and in the worker processes of
     `workers` (`_start_workers`) if any: a plot costs tens of milliseconds of matplotlib, and a
-    year's matrix has about a hundred."""
+    year's matrix has about a hundred. The plots go to the workers in small batches; this process
+    draws the batches no worker has taken yet, from the last one back, so that every process
+    stays busy to the end whatever each one had done before (this one read the database)."""
+    try:
+        _render_with(plots, workers)
+    finally:
+        _close_canvases()
+
+
+def _render_with(plots: list[tuple], workers: tuple[ProcessPoolExecutor, int] | None) -> None:
     if workers is None:
         _draw(plots)
         return
-    pool, workers = workers
-    shares = [plots[i::workers + 1] for i in range(workers + 1)]
+    pool, _ = workers
+    batches = [plots[i:i + RENDER_BATCH] for i in range(0, len(plots), RENDER_BATCH)]
     try:
-        running = [(pool.submit(_draw, share), share) for share in shares[1:]]
+        running = [(pool.submit(_draw, batch), batch) for batch in batches]
     except (OSError, BrokenProcessPool) as error:
         log.warning("report: drawing the plots in this process (%s)", error or type(error).__name__)
-        running = [(None, share) for share in shares[1:]]
-    _draw(shares[0])
-    for done, share in running:
+        _draw(plots)
+        return
+    for done, batch in reversed(running):
+        if done.cancel():  # no worker has taken it: draw it here
+            _draw(batch)
+    for done, batch in running:
+        if done.cancelled():
+            continue
         try:
-            if done is not None:
-                done.result(timeout=RENDER_TIMEOUT_S)
-                continue
+            done.result(timeout=RENDER_TIMEOUT_S)
         except (OSError, BrokenProcessPool) as error:
             log.warning("report: drawing the plots in this process (%s)", error or type(error).__name__)
-        _draw(share)
+            _draw(batch)
 
 
 def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> Path:
