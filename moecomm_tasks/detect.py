@@ -24,12 +24,9 @@ The detector scans the nights in order, as the nightly run sees them:
   are left out, and a window whose nights are all far from the baseline needs three of them: one
   or two nights far out are as likely spikes as a step. So one-night spikes never alarm;
 * that evidence is measured against the baseline's own nights, clipped the same way: their
-  clipped mean and their spread on the side tested (above it for a regression, below for an
-  improvement; never narrower than a normal's, shrunk towards it by `prior_nights`), and the
-  threshold is raised by the Cornish-Fisher correction for their skewness (a mean of a few
-  nights from a tail of slow nights is itself skewed). A baseline with a tail of slow nights
-  (the slowest of many ranks) or a second mode counts a window like the nights it already had
-  as no change;
+  clipped mean and spread (never narrower than a normal's, shrunk towards it by `prior_nights`).
+  A baseline with a tail of slow nights (the slowest of many ranks) or a second mode counts a
+  window like the nights it already had as no change;
 * an improvement pages nobody and needs `improvement_extra` more evidence than a regression;
 * in a group of series measured in the same runs (`detect_group`: one job's sizes and ops), a
   shift that the group's common move (the members' median move that night) shares at least
@@ -59,8 +56,8 @@ MAD_TO_SIGMA = 1.4826
 
 @dataclass(frozen=True)
 class Params:
-    threshold: float = 2.9      # evidence needed over `max_window` nights, in standard deviations
-    short_extra: float = 0.6    # more evidence needed over 2 nights (linear in between)
+    threshold: float = 3.1      # evidence needed over `max_window` nights, in standard deviations
+    short_extra: float = 0.45   # more evidence needed over 2 nights (linear in between)
     clip: float = 2.2           # the most one night can count, in noise units
     gate: float = 7.0           # nights this far from the rest of their window are left out
     min_night: float = 1.0      # in windows of 2-3 nights, every night must move at least this much
@@ -81,9 +78,8 @@ class Params:
     group_min_members: int = 3  # members a group needs (on a night) before its common move is used
     improvement_extra: float = 1.0  # more evidence needed for an improvement than for a regression
     studentize: bool = True     # the window's clipped mean against the baseline's clipped mean and spread
-    one_sided_spread: bool = True  # regressions against the baseline's spread above it, improvements below
+    one_sided_spread: bool = False  # regressions against the baseline's spread above it, improvements below
     prior_nights: int = 10      # weight, in nights, of the normal's clipped spread in the baseline's
-    skew_correction: float = 1.0  # weight of the threshold's correction for the baseline's skewness
 
 
 @dataclass(frozen=True)
@@ -196,32 +192,6 @@ def _locate(x: np.ndarray, start: int, t: int, found: int, sign: float, sigma: f
     return best_at
 
 
-def _baseline_skew(base: np.ndarray, level: float, sigma: float, params: Params) -> float:
-    """The skewness of the baseline's nights as a window sees them (in noise units, clipped, the
-    nights beyond the gate left out), shrunk towards a normal's 0 with the weight of
-    `prior_nights`: positive for a tail of slow nights (the slowest of many ranks, a second,
-    slower mode), about 0 for normal noise."""
-    z = (base - level) / sigma
-    z = np.clip(z[np.abs(z) <= params.gate], -params.clip, params.clip)
-    if len(z) < 3:
-        return 0.0
-    deviations = z - z.mean()
-    spread = float(np.sqrt(np.mean(deviations ** 2)))
-    if spread == 0:
-        return 0.0
-    return float(np.mean(deviations ** 3)) / spread ** 3 * len(z) / (len(z) + params.prior_nights)
-
-
-def _skewed_threshold(needed: float, skew: float, nights: int, params: Params) -> float:
-    """The evidence needed of a window of `nights` nights whose nights have this skewness in the
-    direction tested: the Cornish-Fisher correction of a normal quantile for the skewness of a
-    mean of that many nights, skew / sqrt(nights) (a tail of slow nights makes runs of slow nights
-    likelier than a normal's spread says; a window's clipped mean is that much less normal)."""
-    if skew <= 0 or params.skew_correction <= 0:
-        return needed
-    return needed + params.skew_correction * (needed ** 2 - 1.0) * skew / (6.0 * math.sqrt(nights))
-
-
 def _baseline_clipped(base: np.ndarray, level: float, sigma: float, params: Params) -> tuple[float, float, float]:
     """Where the baseline's own nights put the clipped mean, and their clipped spread relative to
     a normal's above and below it, each shrunk towards the normal's with the weight of
@@ -299,8 +269,7 @@ def _baseline(x: np.ndarray, form: np.ndarray, se: np.ndarray, since: slice, fir
         sigma = _noise(_usual_nights(x, form, recent, params)[0], level, params)
     # A night less certain than usual (its iterations spread more) weighs less.
     usual = float(np.median(se[recent] ** 2))
-    return (base, shape_limit, level, sigma, usual, _baseline_clipped(base, level, sigma, params),
-            _baseline_skew(base, level, sigma, params))
+    return base, shape_limit, level, sigma, usual, _baseline_clipped(base, level, sigma, params)
 
 
 def _confidence(score: float, tests: int) -> float:
@@ -340,7 +309,7 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             since = slice(max(start, first_bad - params.baseline_window), first_bad)
             if (start, first_bad) not in baselines:  # each baseline serves up to max_window - 1 nights
                 baselines[(start, first_bad)] = _baseline(x, form, se, since, first_bad, params)
-            base, shape_limit, level, sigma, usual, (centre, scale_up, scale_down), skew = baselines[(start, first_bad)]
+            base, shape_limit, level, sigma, usual, (centre, scale_up, scale_down) = baselines[(start, first_bad)]
             z = (x[first_bad:t + 1] - level) / np.sqrt(sigma ** 2 + np.maximum(se[first_bad:t + 1] ** 2 - usual, 0.0))
             odd = form[first_bad:t + 1] > shape_limit
             # Outlier nights by shape are left out, unless they are a change of shape: at least
@@ -366,7 +335,6 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
                 needed = params.threshold + params.short_extra * (params.max_window - window) / (params.max_window - 2)
                 if sign < 0:
                     needed += params.improvement_extra
-                needed = _skewed_threshold(needed, sign * skew, len(z), params)
                 if (evidence > needed and consistent and shift >= params.min_change
                         and (logs is None or _group_agrees(logs, since, first_bad, t, sign * shift, needed, params))):
                     if best is None or evidence > best[0]:
