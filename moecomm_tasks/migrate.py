@@ -27,6 +27,7 @@ from moecomm_tasks.errors import DatabaseError, SchemaMismatch
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 LOCK_TIMEOUT_S = 60
+CONCURRENTLY_CREATED = {"23505", "42710", "42P07"}  # SQLSTATEs of a CREATE ... IF NOT EXISTS that lost a race
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,15 @@ def _create_ledger(engine: Engine) -> None:
                 " version INTEGER PRIMARY KEY, name TEXT NOT NULL, checksum TEXT NOT NULL,"
                 " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
             ))
-    except sa.exc.IntegrityError:  # created by a concurrent upgrade at the same moment
-        pass
+    except sa.exc.DBAPIError as exc:
+        # Created by a concurrent upgrade at the same moment: PostgreSQL then reports the table's
+        # row type as a duplicate key (23505) or as an existing type (42710), or the table (42P07),
+        # depending on when the other one committed. Anything else, or no ledger after all, fails.
+        if getattr(exc.orig, "pgcode", None) not in CONCURRENTLY_CREATED:
+            raise
+        with engine.connect() as conn:
+            if conn.execute(sa.text("SELECT to_regclass('schema_migration')")).scalar() is None:
+                raise
 
 
 def upgrade(engine: Engine) -> list[Migration]:

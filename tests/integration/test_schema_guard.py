@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
@@ -72,5 +74,41 @@ def test_concurrent_upgrades_apply_each_migration_once(empty_database):
         with engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version FROM schema_migration ORDER BY version")).scalars().all()
         assert versions == [m.version for m in migrate.migrations()]
+    finally:
+        engine.dispose()
+
+
+def test_an_upgrade_that_loses_the_race_to_create_the_ledger_goes_on(empty_database):
+    # Another upgrade creates the ledger and has not committed yet: this one's CREATE TABLE IF NOT
+    # EXISTS waits for it, then fails on the table's row type (PostgreSQL does not make it a no-op);
+    # the upgrade takes the ledger as created and applies the migrations. (Had the other committed
+    # a moment later, between the two checks PostgreSQL makes, the error is "type already exists":
+    # 42710, the case test_concurrent_upgrades_apply_each_migration_once once met as a plain user;
+    # no lock can hold a CREATE between those checks, so that case has no test of its own.)
+    engine = db.make_engine(empty_database)
+    other = engine.connect()
+    try:
+        other.begin()
+        other.execute(sa.text("CREATE TABLE schema_migration (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                              "checksum TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"))
+        with ThreadPoolExecutor(1) as pool:
+            upgrading = pool.submit(migrate.upgrade, engine)
+            time.sleep(1.0)  # the upgrade is now waiting on the uncommitted table
+            assert not upgrading.done()
+            other.commit()
+            applied = upgrading.result(timeout=120)
+        assert [m.version for m in applied] == [m.version for m in migrate.migrations()]
+    finally:
+        other.close()
+        engine.dispose()
+
+
+def test_a_name_taken_by_something_else_is_not_taken_for_the_ledger(empty_database):
+    engine = db.make_engine(empty_database)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE TYPE schema_migration AS ENUM ('x')"))
+        with pytest.raises(sa.exc.DBAPIError, match="already exists"):
+            migrate.upgrade(engine)
     finally:
         engine.dispose()
