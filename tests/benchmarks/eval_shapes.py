@@ -23,7 +23,11 @@ as `eval_detect.py` does; the shapes differ in how nights vary:
 * `outlier nights`: 5% of nights off by 3-30%, a quarter of them faster, every iteration moved
   (the shape does not see them);
 * `no --iter_stats`: `harness`'s nights, but the detector gets what a run without
-  `--iter_stats` stores: the slowest rank's mean, no standard error, no shape.
+  `--iter_stats` stores: the slowest rank's mean, no standard error, no shape;
+* `loader year EP 4` and `EP 16`: like the year of bench_load.py's matrix that bench_series.py
+  detects (each rank its own 2% night noise, nothing shared, no spikes or bimodal nights): the
+  slowest of 4 ranks is barely skewed, the slowest of 16 more. A detector that lowers its
+  threshold where the baseline looks skewed pays for it on the first.
 
 False alarms per 1,000 tested series-nights (nights the detector can alert on, from
 `Params.min_history` on) are counted per alert and per group of alerts with one cause (alerts of
@@ -81,6 +85,8 @@ SHAPES = [
     Shape("bimodal nights", bimodal_rate=0.10, mode_rate=0.15, mode_size=0.02),
     Shape("outlier nights", spike_rate=0.0, outlier_rate=0.05),
     Shape("no --iter_stats", iter_stats=False),
+    Shape("loader year EP 4", ranks=4, own_between=0.0, rank_between=0.02, spike_rate=0.0, bimodal_rate=0.0),
+    Shape("loader year EP 16", ranks=16, own_between=0.0, rank_between=0.02, spike_rate=0.0, bimodal_rate=0.0),
 ]
 
 
