@@ -377,7 +377,7 @@ def _warm() -> None:
     import matplotlib.pyplot  # noqa: F401
 
 
-def _start_workers(plots: int) -> tuple[ProcessPoolExecutor, int] | None:
+def _start_workers(plots: int) -> ProcessPoolExecutor | None:
     """The worker processes that draw about `plots` plots beside this one (`_workers`), started
     now so that they import matplotlib while this process reads the database; None: this process
     draws them alone."""
@@ -393,14 +393,14 @@ def _start_workers(plots: int) -> tuple[ProcessPoolExecutor, int] | None:
             pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
             for _ in range(workers):
                 pool.submit(_warm)
-        return pool, workers
+        return pool
     except (AssertionError, OSError) as error:
         # No child processes here (a daemonic worker process, a process limit): draw them in this one.
         log.warning("report: drawing the plots in this process (%s)", error or type(error).__name__)
         return None
 
 
-def _render(plots: list[tuple], workers: tuple[ProcessPoolExecutor, int] | None) -> None:
+def _render(plots: list[tuple], workers: ProcessPoolExecutor | None) -> None:
     """Draw `plots` ((function, args) each), in this process and in the worker processes of
     `workers` (`_start_workers`) if any: a plot costs tens of milliseconds of matplotlib, and a
     year's matrix has about a hundred. The plots go to the workers in small batches; this process
@@ -412,11 +412,10 @@ def _render(plots: list[tuple], workers: tuple[ProcessPoolExecutor, int] | None)
         _close_canvases()
 
 
-def _render_with(plots: list[tuple], workers: tuple[ProcessPoolExecutor, int] | None) -> None:
-    if workers is None:
+def _render_with(plots: list[tuple], pool: ProcessPoolExecutor | None) -> None:
+    if pool is None:
         _draw(plots)
         return
-    pool, _ = workers
     batches = [plots[i:i + RENDER_BATCH] for i in range(0, len(plots), RENDER_BATCH)]
     try:
         running = [(pool.submit(_draw, batch), batch) for batch in batches]
@@ -455,7 +454,7 @@ def write_report(engine: Engine, out: str | Path, run_id: str | None = None) -> 
                                   {"r": run_id}).scalar()
             workers = _start_workers(groups + groups // 5)
             if workers is not None:
-                cleanup.callback(workers[0].shutdown, cancel_futures=True)
+                cleanup.callback(workers.shutdown, cancel_futures=True)
             history = _history(conn, run_id)
             alert_title, alerts = _alerts(conn, run_id)
             alert_points = [(a, _alert_series(conn, a)) for a in alerts]
