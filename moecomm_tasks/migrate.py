@@ -90,10 +90,14 @@ def pending(engine: Engine) -> list[Migration]:
         return _verify(_ledger(conn), migrations())
 
 
-def _create_ledger(engine: Engine) -> None:
+def _ledger_exists(engine: Engine) -> bool:
     with engine.connect() as conn:
-        if conn.execute(sa.text("SELECT to_regclass('schema_migration')")).scalar() is not None:
-            return
+        return conn.execute(sa.text("SELECT to_regclass('schema_migration')")).scalar() is not None
+
+
+def _create_ledger(engine: Engine) -> None:
+    if _ledger_exists(engine):
+        return
     try:
         with engine.begin() as conn:
             conn.execute(sa.text(
@@ -105,11 +109,8 @@ def _create_ledger(engine: Engine) -> None:
         # Created by a concurrent upgrade at the same moment: PostgreSQL then reports the table's
         # row type as a duplicate key (23505) or as an existing type (42710), or the table (42P07),
         # depending on when the other one committed. Anything else, or no ledger after all, fails.
-        if getattr(exc.orig, "pgcode", None) not in CONCURRENTLY_CREATED:
+        if getattr(exc.orig, "pgcode", None) not in CONCURRENTLY_CREATED or not _ledger_exists(engine):
             raise
-        with engine.connect() as conn:
-            if conn.execute(sa.text("SELECT to_regclass('schema_migration')")).scalar() is None:
-                raise
 
 
 def upgrade(engine: Engine) -> list[Migration]:
