@@ -24,9 +24,12 @@ The detector scans the nights in order, as the nightly run sees them:
   are left out, and a window whose nights are all far from the baseline needs three of them: one
   or two nights far out are as likely spikes as a step. So one-night spikes never alarm;
 * that evidence is measured against the baseline's own nights, clipped the same way: their
-  clipped mean and spread (never narrower than a normal's, shrunk towards it by `prior_nights`).
-  A baseline with a tail of slow nights (the slowest of many ranks) or a second mode counts a
-  window like the nights it already had as no change;
+  clipped mean and spread (never narrower than a normal's, shrunk towards it by `prior_nights`),
+  without the nights a window would leave out (beyond the gate: spikes). A baseline with a tail
+  of slow nights (the slowest of many ranks) or a second mode counts a window like the nights it
+  already had as no change; and where its nights are right-skewed, its nights and the window's
+  are first made about normal for that skewness (shrunk by `skew_prior`): a high night counts
+  less where high nights are common;
 * an improvement pages nobody and needs `improvement_extra` more evidence than a regression;
 * in a group of series measured in the same runs (`detect_group`: one job's sizes and ops), a
   shift that the group's common move (the members' median move that night) shares at least
@@ -80,6 +83,8 @@ class Params:
     studentize: bool = True     # the window's clipped mean against the baseline's clipped mean and spread
     one_sided_spread: bool = False  # regressions against the baseline's spread above it, improvements below
     prior_nights: int = 10      # weight, in nights, of the normal's clipped spread in the baseline's
+    skew_prior: float = 10.0    # weight, in nights, of no skew against the baseline's (0: nights not normalised for skew)
+    skew_max: float = 1.2       # the most skewness normalised for (the transform stays monotone below 3 / clip)
 
 
 @dataclass(frozen=True)
@@ -173,18 +178,25 @@ def _drop_outlier_nights(z: np.ndarray, params: Params) -> np.ndarray | None:
     return kept
 
 
-def _locate(x: np.ndarray, start: int, t: int, found: int, sign: float, sigma: float, params: Params) -> int:
+def _locate(x: np.ndarray, form: np.ndarray, start: int, t: int, found: int, sign: float, sigma: float,
+            params: Params) -> int:
     """Where the change found by the window starting at `found` begins: the most likely night for
     a step of the size that window shows (its median deviation d), i.e. the night k among those
     the windows reach that maximises the sum over nights k..t of (deviation - d/2), unclipped but
-    without spikes (nights beyond the gate above d). Clipping, which keeps spikes from raising
-    alarms, would otherwise favour windows that reach back over the last good nights."""
+    without spikes (nights beyond the gate above d) and, as the windows judge them, without
+    outlier nights by shape (unless most of k..t is odd by shape: a change of shape). Clipping,
+    which keeps spikes from raising alarms, would otherwise favour windows that reach back over
+    the last good nights."""
     earliest = max(start + params.min_baseline, params.min_history, t - params.max_window + 1)
-    level = _level(x[max(start, earliest - params.baseline_window):earliest])
+    base, shape_limit = _usual_nights(x, form, slice(max(start, earliest - params.baseline_window), earliest), params)
+    level = _level(base)
     shift = max(float(np.median(sign * (x[found:t + 1] - level))), 0.0)
     best_score, best_at = -math.inf, found
     for first_bad in range(earliest, t):
         deviation = sign * (x[first_bad:t + 1] - level)
+        odd = form[first_bad:t + 1] > shape_limit
+        if odd.any() and not (odd.sum() >= params.shape_change_nights and odd.mean() >= params.shape_change_share):
+            deviation = deviation[~odd]
         kept = deviation[deviation <= params.gate * sigma + shift]  # no spikes
         score = float(np.sum(kept - shift / 2.0))
         if score > best_score:
@@ -192,16 +204,51 @@ def _locate(x: np.ndarray, start: int, t: int, found: int, sign: float, sigma: f
     return best_at
 
 
-def _baseline_clipped(base: np.ndarray, level: float, sigma: float, params: Params) -> tuple[float, float, float]:
+def _normalise(z: np.ndarray, skew: float, params: Params) -> np.ndarray:
+    """Nights' deviations (noise units) as they count: clipped to +/- `clip` and, for a baseline
+    whose nights are right-skewed (`skew` > 0), mapped by the inverse Cornish-Fisher expansion
+    z - skew/6 (z^2 - 1), which makes nights of that skewness about normal: a night high in a
+    baseline with a tail of slow nights counts less, one low counts more. Nights beyond the gate
+    (in a window that kept them: a large step shows on all its nights) count the whole clip, not
+    what the transform leaves of it, as the baseline's nights that far out are not its tail."""
+    clipped = np.clip(z, -params.clip, params.clip)
+    if skew:
+        clipped = clipped - (skew / 6.0) * (clipped ** 2 - 1.0)
+    return np.where(np.abs(z) > params.gate, np.sign(z) * params.clip, clipped)
+
+
+def _skewness(z: np.ndarray, params: Params) -> float:
+    """The nights' sample skewness, shrunk towards none with the weight of `skew_prior` nights and
+    kept within 0..`skew_max` (a left-skewed baseline is not normalised: its high nights would
+    count more); 0 with `skew_prior` 0 or fewer than three nights."""
+    if not params.skew_prior or len(z) < 3:
+        return 0.0
+    deviations = z - z.mean()
+    sd = math.sqrt(float(np.mean(deviations ** 2)))
+    if sd == 0:
+        return 0.0
+    skew = float(np.mean(deviations ** 3)) / sd ** 3 * len(z) / (len(z) + params.skew_prior)
+    return min(max(skew, 0.0), params.skew_max)
+
+
+def _baseline_clipped(base: np.ndarray, level: float, sigma: float, params: Params) -> tuple[float, float, float, float]:
     """Where the baseline's own nights put the clipped mean, and their clipped spread relative to
     a normal's above and below it, each shrunk towards the normal's with the weight of
     `prior_nights` and never narrower: (0, 1, 1) for nights as the noise model says; a skewed or
     bimodal baseline (a tail of slow nights, a second mode) widens the side it reaches, so that
     nights like those it already had are not taken for a change. With `one_sided_spread` off,
-    both sides get the spread of all the nights."""
+    both sides get the spread of all the nights. Also the baseline's skewness, by which its
+    nights and the window's are normalised (`_normalise`). Nights further than the gate from the
+    baseline's median (spikes, outlier nights) are left out, as a window leaves them out: counted
+    here at the clip, they would make every window need more evidence."""
     if not params.studentize or len(base) < 2:
-        return 0.0, 1.0, 1.0
-    clipped = np.clip((base - level) / sigma, -params.clip, params.clip)
+        return 0.0, 1.0, 1.0, 0.0
+    z = (base - level) / sigma
+    z = z[np.abs(z - np.median(z)) <= params.gate]
+    if len(z) < 2:
+        return 0.0, 1.0, 1.0, 0.0
+    skew = _skewness(z, params)
+    clipped = _normalise(z, skew, params)
     normal_var = _CLIPPED_NORMAL_VAR.get(params.clip) or _clipped_normal_var(params.clip)
     centre = float(clipped.mean())
     deviations = clipped - centre
@@ -210,9 +257,9 @@ def _baseline_clipped(base: np.ndarray, level: float, sigma: float, params: Para
                  2.0 * float(np.sum(np.minimum(deviations, 0.0) ** 2)))
     else:
         sides = (float(np.sum(deviations ** 2)),) * 2
-    up, down = (math.sqrt(max((params.prior_nights * normal_var + side) / (params.prior_nights + len(base) - 1)
+    up, down = (math.sqrt(max((params.prior_nights * normal_var + side) / (params.prior_nights + len(clipped) - 1)
                               / normal_var, 1.0)) for side in sides)
-    return centre, up, down
+    return centre, up, down, skew
 
 
 def _clipped_normal_var(clip: float) -> float:
@@ -309,7 +356,7 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             since = slice(max(start, first_bad - params.baseline_window), first_bad)
             if (start, first_bad) not in baselines:  # each baseline serves up to max_window - 1 nights
                 baselines[(start, first_bad)] = _baseline(x, form, se, since, first_bad, params)
-            base, shape_limit, level, sigma, usual, (centre, scale_up, scale_down) = baselines[(start, first_bad)]
+            base, shape_limit, level, sigma, usual, (centre, scale_up, scale_down, skew) = baselines[(start, first_bad)]
             z = (x[first_bad:t + 1] - level) / np.sqrt(sigma ** 2 + np.maximum(se[first_bad:t + 1] ** 2 - usual, 0.0))
             odd = form[first_bad:t + 1] > shape_limit
             # Outlier nights by shape are left out, unless they are a change of shape: at least
@@ -322,10 +369,10 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             z = _drop_outlier_nights(z, params)
             if z is None:
                 continue
-            # The mean clipped deviation, against its spread: the window's own noise plus the
+            # The mean clipped (and normalised) deviation, against its spread: the window's own noise plus the
             # uncertainty of the baseline's level (about 1.2 sigma^2 / n for this trimmed mean).
             spread = math.sqrt(1.0 / len(z) + 1.2 / len(base))
-            window_mean = float(np.clip(z, -params.clip, params.clip).mean()) - centre
+            window_mean = float(_normalise(z, skew, params).mean()) - centre
             for sign in (1.0, -1.0):
                 signed = sign * z
                 evidence = sign * window_mean / (spread * (scale_up if sign > 0 else scale_down))
@@ -343,7 +390,7 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             t += 1
             continue
         evidence, direction = abs(best[0]), math.copysign(1.0, best[0])
-        first_bad = _locate(x, start, t, best[1], direction, best[2], params)
+        first_bad = _locate(x, form, start, t, best[1], direction, best[2], params)
         since = slice(max(start, first_bad - params.baseline_window), first_bad)
         level = _level(_usual_nights(x, form, since, params)[0])
         after = float(np.median(x[first_bad:t + 1]))
