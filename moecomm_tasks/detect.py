@@ -83,7 +83,7 @@ class Params:
     studentize: bool = True     # the window's clipped mean against the baseline's clipped mean and spread
     one_sided_spread: bool = False  # regressions against the baseline's spread above it, improvements below
     prior_nights: int = 10      # weight, in nights, of the normal's clipped spread in the baseline's
-    skew_prior: float = 10.0    # weight, in nights, of no skew against the baseline's (0: nights not normalised for skew)
+    skew_prior: float = 30.0    # weight, in nights, of no skew against the baseline's (0: nights not normalised for skew)
     skew_max: float = 1.2       # the most skewness normalised for (the transform stays monotone below 3 / clip)
 
 
@@ -184,7 +184,8 @@ def _locate(x: np.ndarray, form: np.ndarray, start: int, t: int, found: int, sig
     a step of the size that window shows (its median deviation d), i.e. the night k among those
     the windows reach that maximises the sum over nights k..t of (deviation - d/2), unclipped but
     without spikes (nights beyond the gate above d) and, as the windows judge them, without
-    outlier nights by shape (unless most of k..t is odd by shape: a change of shape). Clipping,
+    outlier nights by shape (unless most of k..t is odd by shape: a change of shape), which are
+    not candidates either. Clipping,
     which keeps spikes from raising alarms, would otherwise favour windows that reach back over
     the last good nights."""
     earliest = max(start + params.min_baseline, params.min_history, t - params.max_window + 1)
@@ -196,6 +197,8 @@ def _locate(x: np.ndarray, form: np.ndarray, start: int, t: int, found: int, sig
         deviation = sign * (x[first_bad:t + 1] - level)
         odd = form[first_bad:t + 1] > shape_limit
         if odd.any() and not (odd.sum() >= params.shape_change_nights and odd.mean() >= params.shape_change_share):
+            if odd[0]:
+                continue  # a change is not placed at a night left out
             deviation = deviation[~odd]
         kept = deviation[deviation <= params.gate * sigma + shift]  # no spikes
         score = float(np.sum(kept - shift / 2.0))
@@ -212,8 +215,8 @@ def _normalise(z: np.ndarray, skew: float, params: Params) -> np.ndarray:
     (in a window that kept them: a large step shows on all its nights) count the whole clip, not
     what the transform leaves of it, as the baseline's nights that far out are not its tail."""
     clipped = np.clip(z, -params.clip, params.clip)
-    if skew:
-        clipped = clipped - (skew / 6.0) * (clipped ** 2 - 1.0)
+    if skew:  # monotone on the clip's range while skew < 3 / clip; no night counts more than the clip
+        clipped = np.clip(clipped - (skew / 6.0) * (clipped ** 2 - 1.0), -params.clip, params.clip)
     return np.where(np.abs(z) > params.gate, np.sign(z) * params.clip, clipped)
 
 

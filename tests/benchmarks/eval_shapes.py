@@ -196,6 +196,8 @@ RECALL = [  # (label, shape name, kind, step, who)
     ("group +5% (shared noise)", "shared noise", "step", 0.05, "all"),
     ("one size +2% (shared noise)", "shared noise", "step", 0.02, "one"),
     ("one size +5% (shared noise)", "shared noise", "step", 0.05, "one"),
+    ("step +2% (skewed)", "skewed slowest-of-16", "step", 0.02, "all"),
+    ("step +5% (skewed)", "skewed slowest-of-16", "step", 0.05, "all"),
 ]
 
 

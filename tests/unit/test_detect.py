@@ -9,7 +9,8 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 
-from moecomm_tasks.detect import Params, SeriesInput, detect, detect_group, group_logs, median_stderr
+from moecomm_tasks.detect import (Params, SeriesInput, _normalise, _skewness, detect, detect_group, group_logs,
+                                  median_stderr)
 from moecomm_tasks.history import lookback
 
 # Twenty-four nights around 100 µs with about 1% noise (the detector needs 21 before it tests).
@@ -106,6 +107,61 @@ def test_a_lasting_change_of_shape_is_a_change():
     series = FLAT + [104.0, 104.6, 104.2, 104.4]
     (change,) = detect(series, shape=SHAPE + [0.12, 0.12, 0.122, 0.121])
     assert change.first_bad == N and change.direction == "regression"
+
+
+def test_the_change_is_placed_after_an_outlier_night_by_shape_just_before_it():
+    # Night N is high because some of its iterations ran slow (its shape); the step starts at
+    # N + 1. The windows leave night N out, and so does the placing of the change.
+    series = FLAT + [104.0, 102.6, 102.4, 102.8, 102.5, 102.7, 102.3]
+    (change,) = detect(series, shape=SHAPE + [0.12] + [0.08] * 6)
+    assert change.first_bad == N + 1
+
+
+def test_spikes_in_the_baseline_do_not_raise_the_bar_for_a_step():
+    # One-night spikes (+22 to 28%) are left out of a window; counted at the clip in the
+    # baseline's spread they would make every window need more evidence (a 2% step, 1% noise,
+    # was found a night later with three spikes among its 40 nights of baseline).
+    rng = np.random.default_rng(7)
+    clean = list(100.0 * (1 + 0.01 * rng.standard_normal(40)))
+    step = list(102.0 * (1 + 0.01 * rng.standard_normal(7)))
+    spiky = list(clean)
+    for night, factor in ((12, 1.22), (25, 1.25), (33, 1.28)):
+        spiky[night] *= factor
+    (found,) = detect(clean + step)
+    (with_spikes,) = detect(spiky + step)
+    assert (found.first_bad, found.detected_at) == (40, 43)
+    assert (with_spikes.first_bad, with_spikes.detected_at) == (40, 43)
+
+
+def _sample_skew(values: np.ndarray) -> float:
+    deviations = values - values.mean()
+    return float(np.mean(deviations ** 3) / np.mean(deviations ** 2) ** 1.5)
+
+
+def test_a_right_skewed_baseline_s_nights_are_normalised_for_its_skew():
+    # The slowest of many ranks: a Gumbel-like tail of slow nights (skewness 1.14). Clipping
+    # alone leaves the nights skewed; the inverse Cornish-Fisher transform makes them about
+    # symmetric, so that a high night counts as much as it is unusual.
+    params = Params()
+    gumbel = np.random.default_rng(1).gumbel(size=5000)
+    z = (gumbel - gumbel.mean()) / gumbel.std()
+    skew = _skewness(z, params)
+    assert 0.9 < skew <= params.skew_max
+    assert _sample_skew(np.clip(z, -params.clip, params.clip)) > 0.5
+    assert abs(_sample_skew(_normalise(z, skew, params))) < 0.3
+    # Left-skewed nights are not normalised (their high nights would count more), nor any
+    # with `skew_prior` 0; a few nights' skewness is shrunk towards none.
+    assert _skewness(-z, params) == 0.0 and _skewness(z, replace(params, skew_prior=0.0)) == 0.0
+    assert _skewness(z[:20], params) < _skewness(z[:20], replace(params, skew_prior=1e-9))
+
+
+def test_a_night_beyond_the_gate_counts_the_whole_clip_whatever_the_skew():
+    params = Params()
+    high, low, edge = _normalise(np.array([8.0, -8.0, params.clip]), params.skew_max, params)
+    assert (high, low) == (params.clip, -params.clip)
+    assert edge < params.clip  # high in a skewed baseline: counts less
+    counted = _normalise(np.linspace(-10.0, 10.0, 401), params.skew_max, params)
+    assert np.all(np.diff(counted) >= 0.0)  # the higher night never counts less
 
 
 def _resumed_night_by_night(values: list[float]) -> list:
