@@ -178,6 +178,14 @@ def _drop_outlier_nights(z: np.ndarray, params: Params) -> np.ndarray | None:
     return kept
 
 
+def _left_out_by_shape(odd: np.ndarray, params: Params) -> bool:
+    """Whether a window's outlier nights by shape (`odd`) are left out of it: they are, unless
+    they are a change of shape: at least `shape_change_nights`, and most of the window (a lasting
+    change shows on the nights after it; odd nights among usual ones, or three in a row, are what
+    a series with one bimodal night in ten shows every few years of nights)."""
+    return bool(odd.any()) and not (odd.sum() >= params.shape_change_nights and odd.mean() >= params.shape_change_share)
+
+
 def _locate(x: np.ndarray, form: np.ndarray, start: int, t: int, found: int, sign: float, sigma: float,
             params: Params) -> int:
     """Where the change found by the window starting at `found` begins: the most likely night for
@@ -196,7 +204,7 @@ def _locate(x: np.ndarray, form: np.ndarray, start: int, t: int, found: int, sig
     for first_bad in range(earliest, t):
         deviation = sign * (x[first_bad:t + 1] - level)
         odd = form[first_bad:t + 1] > shape_limit
-        if odd.any() and not (odd.sum() >= params.shape_change_nights and odd.mean() >= params.shape_change_share):
+        if _left_out_by_shape(odd, params):
             if odd[0]:
                 continue  # a change is not placed at a night left out
             deviation = deviation[~odd]
@@ -362,12 +370,7 @@ def detect(values: Sequence[float], stderr: Sequence[float] | None = None, param
             base, shape_limit, level, sigma, usual, (centre, scale_up, scale_down, skew) = baselines[(start, first_bad)]
             z = (x[first_bad:t + 1] - level) / np.sqrt(sigma ** 2 + np.maximum(se[first_bad:t + 1] ** 2 - usual, 0.0))
             odd = form[first_bad:t + 1] > shape_limit
-            # Outlier nights by shape are left out, unless they are a change of shape: at least
-            # `shape_change_nights`, and most of the window (a lasting change shows on the nights
-            # after it; odd nights among usual ones, or three in a row, are what a series with
-            # one bimodal night in ten shows every few years of nights).
-            if odd.any() and not (odd.sum() >= params.shape_change_nights
-                                  and odd.mean() >= params.shape_change_share):
+            if _left_out_by_shape(odd, params):
                 z = z[~odd]
             z = _drop_outlier_nights(z, params)
             if z is None:
