@@ -55,6 +55,10 @@ from typing import Sequence
 import numpy as np
 
 MAD_TO_SIGMA = 1.4826
+# Clipped nights are less skewed than the nights (a Gumbel's 1.16 is 0.43 clipped at 2.2 noise
+# units); the transform that makes them symmetric takes about 1.5 times their skewness (1.5 for a
+# Gumbel, the slowest of 16 exponentials, of 16 or of 4 normals; 2.3 for an exponential).
+CLIPPED_SKEW_GAIN = 1.5
 
 
 @dataclass(frozen=True)
@@ -83,8 +87,8 @@ class Params:
     studentize: bool = True     # the window's clipped mean against the baseline's clipped mean and spread
     one_sided_spread: bool = False  # regressions against the baseline's spread above it, improvements below
     prior_nights: int = 10      # weight, in nights, of the normal's clipped spread in the baseline's
-    skew_prior: float = 30.0    # weight, in nights, of no skew against the baseline's (0: nights not normalised for skew)
-    skew_max: float = 1.2       # the most skewness normalised for (the transform stays monotone below 3 / clip)
+    skew_prior: float = 10.0    # weight, in nights, of no skew against the baseline's (0: nights not normalised for skew)
+    skew_max: float = 1.2       # the most skewness normalised for (and never 3 / clip: the transform turns there)
 
 
 @dataclass(frozen=True)
@@ -193,9 +197,8 @@ def _locate(x: np.ndarray, form: np.ndarray, start: int, t: int, found: int, sig
     the windows reach that maximises the sum over nights k..t of (deviation - d/2), unclipped but
     without spikes (nights beyond the gate above d) and, as the windows judge them, without
     outlier nights by shape (unless most of k..t is odd by shape: a change of shape), which are
-    not candidates either. Clipping,
-    which keeps spikes from raising alarms, would otherwise favour windows that reach back over
-    the last good nights."""
+    not candidates either (unless none is left: then `found`). Clipping, which keeps spikes from
+    raising alarms, would otherwise favour windows that reach back over the last good nights."""
     earliest = max(start + params.min_baseline, params.min_history, t - params.max_window + 1)
     base, shape_limit = _usual_nights(x, form, slice(max(start, earliest - params.baseline_window), earliest), params)
     level = _level(base)
@@ -217,35 +220,41 @@ def _locate(x: np.ndarray, form: np.ndarray, start: int, t: int, found: int, sig
 
 def _normalise(z: np.ndarray, skew: float, params: Params) -> np.ndarray:
     """Nights' deviations (noise units) as they count: clipped to +/- `clip` and, for a baseline
-    whose nights are right-skewed (`skew` > 0), mapped by the inverse Cornish-Fisher expansion
-    z - skew/6 (z^2 - 1), which makes nights of that skewness about normal: a night high in a
-    baseline with a tail of slow nights counts less, one low counts more. Nights beyond the gate
-    (in a window that kept them: a large step shows on all its nights) count the whole clip, not
-    what the transform leaves of it, as the baseline's nights that far out are not its tail."""
+    whose nights are right-skewed (`skew` > 0, from `_skewness`), mapped by the inverse
+    Cornish-Fisher expansion z - skew/6 (z^2 - 1), which makes clipped nights of that skewness
+    about symmetric: a night far up (beyond 1 noise unit) counts less where such nights are
+    common, one far down counts more; on a skewed baseline no night within the gate counts more
+    than what the transform leaves of the clip. Nights beyond the gate (in a window that kept
+    them: a large step shows on all its nights) count the whole clip, as the baseline's nights
+    that far out are not its tail."""
     clipped = np.clip(z, -params.clip, params.clip)
     if skew:  # monotone on the clip's range while skew < 3 / clip; no night counts more than the clip
         clipped = np.clip(clipped - (skew / 6.0) * (clipped ** 2 - 1.0), -params.clip, params.clip)
     return np.where(np.abs(z) > params.gate, np.sign(z) * params.clip, clipped)
 
 
-def _skewness(z: np.ndarray, params: Params) -> float:
-    """The nights' sample skewness, shrunk towards none with the weight of `skew_prior` nights and
-    kept within 0..`skew_max` (a left-skewed baseline is not normalised: its high nights would
-    count more); 0 with `skew_prior` 0 or fewer than three nights."""
+def _skewness(clipped: np.ndarray, params: Params) -> float:
+    """The skewness `_normalise` corrects for: the clipped nights' sample skewness times
+    CLIPPED_SKEW_GAIN, shrunk towards none with the weight of `skew_prior` nights and kept within
+    0..`skew_max` (and below 3 / clip, where the transform stops being monotone). Clipped, one
+    night far out (4 to 7 noise units, within the gate) cannot make a normal baseline look skewed.
+    A left-skewed baseline is not normalised (its high nights would count more); 0 with
+    `skew_prior` 0 or fewer than three nights."""
+    z = clipped
     if not params.skew_prior or len(z) < 3:
         return 0.0
     deviations = z - z.mean()
     sd = math.sqrt(float(np.mean(deviations ** 2)))
     if sd == 0:
         return 0.0
-    skew = float(np.mean(deviations ** 3)) / sd ** 3 * len(z) / (len(z) + params.skew_prior)
-    return min(max(skew, 0.0), params.skew_max)
+    skew = CLIPPED_SKEW_GAIN * float(np.mean(deviations ** 3)) / sd ** 3 * len(z) / (len(z) + params.skew_prior)
+    return min(max(skew, 0.0), params.skew_max, 0.99 * 3.0 / params.clip)
 
 
 def _baseline_clipped(base: np.ndarray, level: float, sigma: float, params: Params) -> tuple[float, float, float, float]:
     """Where the baseline's own nights put the clipped mean, and their clipped spread relative to
     a normal's above and below it, each shrunk towards the normal's with the weight of
-    `prior_nights` and never narrower: (0, 1, 1) for nights as the noise model says; a skewed or
+    `prior_nights` and never narrower: (0, 1, 1, 0) for nights as the noise model says; a skewed or
     bimodal baseline (a tail of slow nights, a second mode) widens the side it reaches, so that
     nights like those it already had are not taken for a change. With `one_sided_spread` off,
     both sides get the spread of all the nights. Also the baseline's skewness, by which its
@@ -258,7 +267,7 @@ def _baseline_clipped(base: np.ndarray, level: float, sigma: float, params: Para
     z = z[np.abs(z - np.median(z)) <= params.gate]
     if len(z) < 2:
         return 0.0, 1.0, 1.0, 0.0
-    skew = _skewness(z, params)
+    skew = _skewness(np.clip(z, -params.clip, params.clip), params)
     clipped = _normalise(z, skew, params)
     normal_var = _CLIPPED_NORMAL_VAR.get(params.clip) or _clipped_normal_var(params.clip)
     centre = float(clipped.mean())
@@ -317,7 +326,8 @@ def _baseline(x: np.ndarray, form: np.ndarray, se: np.ndarray, since: slice, fir
               params: Params) -> tuple:
     """What a window starting at `first_bad` is measured against, from the nights before it alone:
     the baseline's usual nights and shape limit, its level, the noise between nights, the usual
-    squared standard error of a night, and the baseline's clipped centre and spreads."""
+    squared standard error of a night, and the baseline's clipped centre, spreads and skewness
+    (`_baseline_clipped`)."""
     base, shape_limit = _usual_nights(x, form, since, params)
     level = _level(base)
     recent = slice(max(0, first_bad - params.noise_window), first_bad)
