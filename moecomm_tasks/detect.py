@@ -237,7 +237,8 @@ def _skewness(clipped: np.ndarray, params: Params) -> float:
     """The skewness `_normalise` corrects for: the clipped nights' sample skewness times
     CLIPPED_SKEW_GAIN, shrunk towards none with the weight of `skew_prior` nights and kept within
     0..`skew_max` (and below 3 / clip, where the transform stops being monotone). Clipped, one
-    night far out (4 to 7 noise units, within the gate) cannot make a normal baseline look skewed.
+    night far out (4 to 7 noise units, within the gate) barely moves it; two or three such nights
+    in a normal baseline still look like a tail of slow nights (docs/detector-evaluation.md).
     A left-skewed baseline is not normalised (its high nights would count more); 0 with
     `skew_prior` 0 or fewer than three nights."""
     z = clipped

@@ -198,6 +198,7 @@ RECALL = [  # (label, shape name, kind, step, who)
     ("one size +5% (shared noise)", "shared noise", "step", 0.05, "one"),
     ("step +2% (skewed)", "skewed slowest-of-16", "step", 0.02, "all"),
     ("step +5% (skewed)", "skewed slowest-of-16", "step", 0.05, "all"),
+    ("step +2% (bimodal nights)", "bimodal nights", "step", 0.02, "all"),
 ]
 
 
