@@ -241,14 +241,14 @@ def _skewness(clipped: np.ndarray, params: Params) -> float:
     in a normal baseline still look like a tail of slow nights (docs/detector-evaluation.md).
     A left-skewed baseline is not normalised (its high nights would count more); 0 with
     `skew_prior` 0 or fewer than three nights."""
-    z = clipped
-    if not params.skew_prior or len(z) < 3:
+    if not params.skew_prior or len(clipped) < 3:
         return 0.0
-    deviations = z - z.mean()
+    deviations = clipped - clipped.mean()
     sd = math.sqrt(float(np.mean(deviations ** 2)))
     if sd == 0:
         return 0.0
-    skew = CLIPPED_SKEW_GAIN * float(np.mean(deviations ** 3)) / sd ** 3 * len(z) / (len(z) + params.skew_prior)
+    shrink = len(clipped) / (len(clipped) + params.skew_prior)
+    skew = CLIPPED_SKEW_GAIN * float(np.mean(deviations ** 3)) / sd ** 3 * shrink
     return min(max(skew, 0.0), params.skew_max, 0.99 * 3.0 / params.clip)
 
 
